@@ -1,0 +1,35 @@
+"""Filter-norm criteria (Li et al., "Pruning Filters for Efficient ConvNets", 2017)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import criterion
+
+
+def filter_matrix(graph, source) -> np.ndarray:
+    """One row per output channel of ``source``: its whole filter, flattened."""
+    w = graph.consts[source.weight].astype(np.float64)
+    return np.moveaxis(w, source.axis, 0).reshape(source.n, -1)
+
+
+def _norms(graph, analysis, ord_: int) -> np.ndarray:
+    scores = np.zeros(len(analysis.roots))
+    for s in analysis.sources:
+        f = filter_matrix(graph, s)
+        scores[s.base:s.base + s.n] = np.abs(f).sum(1) if ord_ == 1 else np.sqrt((f * f).sum(1))
+    return scores
+
+
+@criterion("l1", "L1 norm of each filter (Li et al. 2017); no data needed")
+def l1(graph, analysis, **_) -> np.ndarray:
+    return _norms(graph, analysis, 1)
+
+
+@criterion("l2", "L2 norm of each filter; no data needed")
+def l2(graph, analysis, **_) -> np.ndarray:
+    return _norms(graph, analysis, 2)
+
+
+@criterion("random", "seeded random scores: the baseline every criterion must beat")
+def random(graph, analysis, seed: int = 0, **_) -> np.ndarray:
+    return np.random.default_rng(seed).random(len(analysis.roots))

@@ -1,0 +1,2 @@
+"""Importing this package registers every rule (one module per op family)."""
+from . import concat_split, control, conv, elementwise, layout, linear, norm, spatial  # noqa: F401

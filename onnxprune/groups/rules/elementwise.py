@@ -1,0 +1,67 @@
+"""Element-wise ops: channels pass straight through; broadcasting inputs couple or get sliced.
+
+Residual ``Add`` couples both sides channel by channel; a per-channel constant (a PRelu slope, the scale of
+a decomposed BatchNorm) is sliced; any other non-constant input with the channel dim cannot be sliced,
+so the channels it meets are frozen.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import labels as L
+from ..actions import Action
+from ..registry import rule
+from ._util import aligned
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "ThresholdedRelu", "Gelu", "Mish", "Identity", "Cast", "CastLike", "Neg", "Abs", "Exp", "Log",
+    "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh",
+    "Cosh", "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "Shrink", "Swish",
+)
+BROADCAST = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "LessOrEqual",
+    "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift", "PRelu", "Clip", "Dropout",
+)
+
+
+@rule(*UNARY, *BROADCAST)
+def broadcast(node, ctx) -> None:
+    out = node.output[0]
+    rank = ctx.rank(out)
+    if rank is None:
+        return ctx.freeze_inputs(node, f"{node.op_type} '{node.name}': output shape unknown")
+    combined = None
+    inputs = [(k, name) for k, name in enumerate(node.input) if name]
+    if node.op_type == "Dropout":  # ratio / training_mode are scalars, not data
+        inputs = inputs[:1]
+    for _, name in inputs:
+        lab = ctx.labels(name)
+        if lab is None:
+            continue
+        lab = aligned(lab, rank)
+        if combined is None:
+            combined = lab
+        else:
+            ctx.couple(combined, lab)
+            combined = np.where(combined >= 0, combined, lab)
+    if combined is None:
+        return
+    axes = L.labelled_axes(combined)
+    for k, name in inputs:
+        if ctx.labels(name) is not None:
+            continue
+        shape = ctx.shape(name)
+        if shape is None:
+            return ctx.freeze(combined, f"{node.op_type} '{node.name}': shape of input '{name}' unknown")
+        offset = rank - len(shape)
+        hit = [ax for ax in axes if ax >= offset and shape[ax - offset] > 1]
+        if not hit:
+            continue
+        if ctx.const(name) is None:
+            return ctx.freeze(combined, f"{node.op_type} '{node.name}': input '{name}' has the channel dim but is computed")
+        for ax in hit:
+            ctx.act(Action("slice_param", node.name, labels=combined, axis=ax, input=k, param_axis=ax - offset))
+    for o in node.output:
+        if o:
+            ctx.set(o, combined)

@@ -1,0 +1,121 @@
+"""Layout ops: Reshape, Flatten, Transpose, Squeeze/Unsqueeze, Expand, Tile, DepthToSpace...
+
+Labels are reshaped and transposed exactly like the data, so a channel becomes a block of features
+after Flatten, and the Reshape-Transpose-Reshape channel shuffle comes out as a permutation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import labels as L
+from ..actions import Action
+from ..registry import rule
+from ._util import attr, axes_from, inp
+
+
+def _reshaped(node, ctx):
+    x, out = node.input[0], node.output[0]
+    lab, sin, sout = ctx.labels(x), ctx.shape(x), ctx.shape(out)
+    if sin is None or sout is None or int(np.prod(sin)) != int(np.prod(sout)):
+        ctx.freeze_inputs(node, f"{node.op_type} '{node.name}': static shapes unknown")
+        return None
+    return L.broadcast_full(lab, sin).reshape(sout)
+
+
+@rule("Reshape")
+def reshape(node, ctx) -> None:
+    new = _reshaped(node, ctx)
+    if new is None:
+        return
+    target = ctx.const(inp(node, 1))
+    if target is None:
+        return ctx.freeze_inputs(node, f"Reshape '{node.name}': target shape is computed")
+    new = L.compress(new)
+    entries = {}
+    for ax in L.labelled_axes(new):
+        v = int(target[ax])
+        if v > 0:
+            entries[ax] = (new, ax)
+        elif v == 0 and not int(attr(node, "allowzero", 0)):
+            pass  # copies the input dim, which the rewrite changes consistently; the shape check confirms it
+    if entries:
+        ctx.act(Action("counts", node.name, input=1, entries=entries))
+    ctx.set(node.output[0], new)
+
+
+@rule("Flatten")
+def flatten(node, ctx) -> None:
+    new = _reshaped(node, ctx)
+    if new is not None:
+        ctx.set(node.output[0], new)
+
+
+@rule("Transpose")
+def transpose(node, ctx) -> None:
+    lab = ctx.labels(node.input[0])
+    perm = attr(node, "perm") or list(range(lab.ndim))[::-1]
+    ctx.set(node.output[0], np.transpose(lab, perm))
+
+
+@rule("Squeeze")
+def squeeze(node, ctx) -> None:
+    lab = ctx.labels(node.input[0])
+    shape = ctx.shape(node.input[0])
+    axes = axes_from(node, ctx, 1)
+    if axes is None or shape is None:
+        return ctx.freeze_inputs(node, f"Squeeze '{node.name}': axes computed")
+    axes = [a % lab.ndim for a in axes] if axes else [a for a, d in enumerate(shape) if d == 1]
+    ctx.set(node.output[0], np.squeeze(lab, axis=tuple(axes)))
+
+
+@rule("Unsqueeze")
+def unsqueeze(node, ctx) -> None:
+    lab = ctx.labels(node.input[0])
+    axes = axes_from(node, ctx, 1)
+    rank = ctx.rank(node.output[0])
+    if axes is None or rank is None:
+        return ctx.freeze_inputs(node, f"Unsqueeze '{node.name}': axes computed")
+    ctx.set(node.output[0], np.expand_dims(lab, tuple(sorted(a % rank for a in axes))))
+
+
+@rule("Expand")
+def expand(node, ctx) -> None:
+    lab = ctx.labels(node.input[0])
+    out = node.output[0]
+    rank, target = ctx.rank(out), ctx.const(inp(node, 1))
+    if lab is None or rank is None or target is None:
+        return ctx.freeze_inputs(node, f"Expand '{node.name}': target shape computed")
+    lab = lab.reshape((1,) * (rank - lab.ndim) + lab.shape)
+    offset = rank - len(target)
+    entries = {ax - offset: (lab, ax) for ax in L.labelled_axes(lab) if ax >= offset and int(target[ax - offset]) > 1}
+    if entries:
+        ctx.act(Action("counts", node.name, input=1, entries=entries))
+    ctx.set(out, lab)
+
+
+@rule("Tile")
+def tile(node, ctx) -> None:
+    lab = ctx.labels(node.input[0])
+    reps = ctx.const(inp(node, 1))
+    if lab is None or reps is None or any(int(reps[a]) != 1 for a in L.labelled_axes(lab)):
+        return ctx.freeze_inputs(node, f"Tile '{node.name}': repeats a channel axis")
+    ctx.set(node.output[0], lab)
+
+
+@rule("Shape")
+def shape(node, ctx) -> None:
+    x = node.input[0]
+    rank = ctx.rank(x) or 0
+    start = int(attr(node, "start", 0))
+    ctx.shape_of[node.output[0]] = (x, start % rank if rank else 0)
+    end = attr(node, "end")
+    lab = ctx.labels(x)
+    if lab is not None and end is not None:
+        read = set(range(rank)[slice(start, int(end))])
+        if not read & set(L.labelled_axes(lab)):
+            ctx.shape_of.pop(node.output[0])  # reads only non-channel dims
+
+
+@rule("Size")
+def size(node, ctx) -> None:
+    ctx.freeze_inputs(node, f"Size '{node.name}': reads the element count of a prunable tensor")

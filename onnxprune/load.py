@@ -1,0 +1,311 @@
+"""Load an ONNX model into a normalised, shape-annotated working copy.
+
+Exporters disagree on how constants appear (initializers, ``Constant`` nodes, ``Identity`` of an
+initializer that the legacy exporter uses to share deduplicated weights). Every later stage wants one
+question answered -- "is this input a constant, and what is it?" -- so we normalise once here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import OnnxPruneError
+
+MIN_OPSET, MAX_OPSET = 11, 23
+
+
+@dataclass
+class Graph:
+    """A normalised model plus the lookups every stage needs; the ModelProto is the working copy."""
+
+    model: onnx.ModelProto
+    consts: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    input_shapes: dict[str, tuple[int, ...]]
+    producer: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.model.graph.node)
+
+    @property
+    def opset(self) -> int:
+        for imp in self.model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return imp.version
+        return 0
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.model.graph.output]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name) if name else None
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """Parse trtexec/polygraphy-style ``name:1x3x224x224`` specs."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d <= 0 for d in out[name]):
+                raise ValueError
+        except ValueError:
+            raise OnnxPruneError(f"bad --input-shape '{spec}': expected NAME:DxDxD with positive integers") from None
+    return out
+
+
+def read_model(path_or_model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read a model file (external data included) with one-line errors for every way it can be broken."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model
+    path = os.fspath(path_or_model)
+    if not os.path.exists(path):
+        raise OnnxPruneError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise OnnxPruneError(f"model path is a folder, not an ONNX file: {path}")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise OnnxPruneError(f"not a readable ONNX model: {path} ({type(e).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise OnnxPruneError(f"not an ONNX model (empty graph): {path}")
+    base = os.path.dirname(os.path.abspath(path))
+    for t in _external_tensors(model):
+        loc = next((e.value for e in t.external_data if e.key == "location"), None)
+        if loc is None or not os.path.exists(os.path.join(base, loc)):
+            raise OnnxPruneError(f"external data file '{loc}' for tensor '{t.name}' not found next to {path}")
+    try:
+        onnx.load_external_data_for_model(model, base)
+    except Exception as e:
+        raise OnnxPruneError(f"could not read external data of {path}: {e}") from None
+    return model
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                yield a.t
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None  # sparse_value / strings: leave the node alone
+
+
+def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn Constant nodes into initializers and bypass Identity-of-constant (without copying weights)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    init_names = {t.name for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    alias: dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        ins = [alias.get(i, i) for i in node.input]
+        del node.input[:]
+        node.input.extend(ins)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            val = _constant_node_value(node)
+            if val is not None:
+                g.initializer.append(numpy_helper.from_array(val, node.output[0]))
+                init_names.add(node.output[0])
+                continue
+        if node.op_type == "Identity" and node.input[0] in init_names and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+            continue
+        keep.append(node)
+    seen: set[str] = set()
+    for k, node in enumerate(keep):
+        _rename_in_subgraphs(node, alias)  # subgraphs may read outer-scope names
+        if not node.name or node.name in seen:  # plans and reports name nodes: make names unique
+            node.name = f"{node.name or node.op_type}__{k}"
+        seen.add(node.name)
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def _rename_in_subgraphs(node: onnx.NodeProto, alias: dict[str, str]) -> None:
+    if not alias:
+        return
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sg in subs:
+            for n in sg.node:
+                ins = [alias.get(i, i) for i in n.input]
+                del n.input[:]
+                n.input.extend(ins)
+                _rename_in_subgraphs(n, alias)
+
+
+def _check_opset(model: onnx.ModelProto) -> None:
+    ver = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), None)
+    if ver is None:
+        raise OnnxPruneError("model has no default-domain opset import")
+    if not MIN_OPSET <= ver <= MAX_OPSET:
+        raise OnnxPruneError(f"unsupported opset {ver}: onnxprune supports opsets {MIN_OPSET}-{MAX_OPSET}")
+
+
+def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every graph input: overrides first, a dynamic leading (batch) dim becomes 1."""
+    inits = {t.name for t in model.graph.initializer}
+    real = [i for i in model.graph.input if i.name not in inits]
+    unknown = set(overrides) - {i.name for i in real}
+    if unknown:
+        raise OnnxPruneError(f"--input-shape names unknown input(s) {sorted(unknown)}; inputs are {[i.name for i in real]}")
+    shapes = {}
+    for inp in real:
+        tt = inp.type.tensor_type
+        if not tt.HasField("shape"):
+            if inp.name in overrides:
+                shapes[inp.name] = overrides[inp.name]
+                continue
+            raise OnnxPruneError(f"input '{inp.name}' has no shape; pass --input-shape {inp.name}:DxDx...")
+        dims = []
+        for k, d in enumerate(tt.shape.dim):
+            dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+        if inp.name in overrides:
+            o = overrides[inp.name]
+            if len(o) != len(dims) or any(d is not None and d != v for d, v in zip(dims, o)):
+                raise OnnxPruneError(f"--input-shape {inp.name}:{'x'.join(map(str, o))} does not fit the model's "
+                                     f"shape {['?' if d is None else d for d in dims]}")
+            shapes[inp.name] = o
+            continue
+        if dims and dims[0] is None:
+            dims[0] = 1
+        if any(d is None for d in dims):
+            raise OnnxPruneError(f"input '{inp.name}' has dynamic dims {['?' if d is None else d for d in dims]}; "
+                                 f"pass --input-shape {inp.name}:" + "x".join("D" if d is None else str(d) for d in dims))
+        shapes[inp.name] = tuple(dims)
+    return shapes
+
+
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor for the given input shapes.
+
+    onnx shape inference (with data propagation) covers almost everything; whatever it leaves unknown
+    (custom-shaped ops, Shape arithmetic it cannot fold) we read off a single onnxruntime run.
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for inp in light.graph.input:
+        if inp.name in input_shapes:
+            tt = inp.type.tensor_type
+            tt.shape.Clear()
+            for d in input_shapes[inp.name]:
+                tt.shape.dim.add().dim_value = d
+    del light.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+    except Exception as e:
+        raise OnnxPruneError(f"shape inference failed: {str(e).splitlines()[0][:300]}") from None
+    shapes: dict[str, tuple[int, ...]] = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
+    for t in model.graph.initializer:
+        shapes[t.name] = tuple(t.dims)
+    missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
+    if missing:
+        shapes.update(_shapes_from_runtime(light, input_shapes, missing))
+    return shapes
+
+
+def _shapes_from_runtime(model, input_shapes, names) -> dict[str, tuple[int, ...]]:
+    from .runtime import run_model  # onnxruntime is only needed for odd graphs
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    try:
+        feeds = random_feeds(m, input_shapes, seed=0)
+        outs = run_model(m, feeds, [*names])
+    except OnnxPruneError:
+        return {}
+    return {n: tuple(v.shape) for n, v in zip(names, outs) if hasattr(v, "shape")}
+
+
+def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs of the right dtype: floats ~N(0,1), ints small, bools random."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name not in input_shapes:
+            continue
+        dt = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        shape = input_shapes[inp.name]
+        if np.issubdtype(dt, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[inp.name] = rng.integers(0, 4, shape).astype(dt)
+    return feeds
+
+
+def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """Normalise, check and shape-annotate a model: the single entry point of every pipeline."""
+    _check_opset(model)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
+    norm = normalise(model)
+    shapes_in = resolve_input_shapes(norm, input_shapes or {})
+    shapes = infer_shapes(norm, shapes_in)
+    consts = {t.name: numpy_helper.to_array(t) for t in norm.graph.initializer}
+    g = Graph(model=norm, consts=consts, shapes=shapes, input_shapes=shapes_in)
+    for node in norm.graph.node:
+        for o in node.output:
+            if o:
+                g.producer[o] = node
+        for k, i in enumerate(node.input):
+            if i:
+                g.consumers.setdefault(i, []).append((node, k))
+    _check_acyclic(norm, consts)
+    return g
+
+
+def _check_acyclic(model: onnx.ModelProto, consts) -> None:
+    known = set(consts) | {i.name for i in model.graph.input} | {""}
+    for node in model.graph.node:
+        for i in node.input:
+            if i not in known:
+                raise OnnxPruneError(f"graph is not topologically sorted or has a dangling input: node "
+                                     f"'{node.name or node.op_type}' reads '{i}' before it is produced")
+        known.update(node.output)

@@ -1,0 +1,73 @@
+"""A pruning plan: which channels of which group go. Plain data, JSON in and out, replayable."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .errors import OnnxPruneError
+from .groups import Analysis
+
+FORMAT = "onnxprune.plan/1"
+
+
+@dataclass
+class PruningPlan:
+    """``remove[group_id]`` lists the group's channel indices to remove (channel = coupled class)."""
+
+    remove: dict[int, list[int]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self, analysis: Analysis | None = None) -> dict:
+        groups = []
+        for gid in sorted(self.remove):
+            entry = {"id": gid, "remove": sorted(int(c) for c in self.remove[gid])}
+            if analysis is not None:
+                g = analysis.groups[gid]
+                entry.update(sources=list(g.sources), channels=g.channels)
+            groups.append(entry)
+        return {"format": FORMAT, "meta": self.meta, "groups": groups}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PruningPlan":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise OnnxPruneError(f"not an onnxprune plan (expected format '{FORMAT}')")
+        try:
+            remove = {int(g["id"]): [int(c) for c in g["remove"]] for g in data["groups"]}
+        except (KeyError, TypeError, ValueError) as e:
+            raise OnnxPruneError(f"malformed plan: {e}") from None
+        plan = cls(remove, dict(data.get("meta", {})))
+        plan._expect = {int(g["id"]): g for g in data["groups"]}
+        return plan
+
+    def save(self, path: str, analysis: Analysis | None = None) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(analysis), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str) -> "PruningPlan":
+        try:
+            with open(path) as f:
+                return cls.from_json(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            raise OnnxPruneError(f"cannot read plan {path}: {e}") from None
+
+    def validate(self, analysis: Analysis) -> None:
+        """Refuse a plan that does not fit this model's groups (wrong model, frozen group, bad index)."""
+        expect = getattr(self, "_expect", {})
+        for gid, chans in self.remove.items():
+            if not 0 <= gid < len(analysis.groups):
+                raise OnnxPruneError(f"plan names group {gid}, but the model has {len(analysis.groups)} groups")
+            g = analysis.groups[gid]
+            e = expect.get(gid, {})
+            if "sources" in e and list(e["sources"]) != list(g.sources):
+                raise OnnxPruneError(f"plan group {gid} was made for sources {e['sources'][:2]}..., not this model's")
+            if chans and not g.prunable:
+                raise OnnxPruneError(f"plan removes channels of frozen group {gid} ({g.reason})")
+            if any(not 0 <= c < g.channels for c in chans) or len(set(chans)) != len(chans):
+                raise OnnxPruneError(f"plan group {gid}: channel indices must be distinct and in [0, {g.channels})")
+            if len(chans) >= g.channels:
+                raise OnnxPruneError(f"plan group {gid} removes all {g.channels} channels")
+
+    @property
+    def removed_channels(self) -> int:
+        return sum(len(v) for v in self.remove.values())

@@ -1,0 +1,91 @@
+"""Reports: JSON for machines, a table for people."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .count import Counts
+from .groups import Analysis
+
+
+@dataclass
+class AnalysisReport:
+    analysis: Analysis
+    counts: Counts
+    model_path: str = ""
+    graph: object = None  # the normalised Graph the analysis ran on (reused by prune)
+
+    @property
+    def groups(self):
+        return self.analysis.groups
+
+    @property
+    def prunable_channel_fraction(self) -> float:
+        total = self.analysis.source_channels
+        prunable = sum(s.n for s in self.analysis.sources if self._group_of(s.node).prunable)
+        return prunable / total if total else 0.0
+
+    def _group_of(self, source_name: str):
+        if not hasattr(self, "_by_source"):
+            self._by_source = {s: g for g in self.groups for s in g.sources}
+        return self._by_source[source_name]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model_path,
+            "groups": [g.to_json() for g in self.groups],
+            "total": {**self.counts.to_json(), "groups": len(self.groups),
+                      "prunable_groups": sum(g.prunable for g in self.groups),
+                      "source_channels": self.analysis.source_channels,
+                      "prunable_channel_fraction": round(self.prunable_channel_fraction, 6)},
+        }
+
+    def table(self, limit: int = 0) -> str:
+        rows = [("id", "channels", "sources", "status", "MACs %")]
+        total = max(self.counts.macs, 1)
+        shown = self.groups if not limit else self.groups[:limit]
+        for g in shown:
+            src = g.sources[0] + (f" (+{len(g.sources) - 1})" if len(g.sources) > 1 else "")
+            status = "prunable" if g.prunable else f"frozen: {g.reason}"
+            rows.append((str(g.id), str(g.channels), src, status, f"{100 * g.macs / total:.1f}"))
+        widths = [min(max(len(r[i]) for r in rows), 60) for i in range(4)]
+        lines = ["  ".join(r[i][:60].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+        if limit and len(self.groups) > limit:
+            lines.append(f"... {len(self.groups) - limit} more groups (use --json for all)")
+        lines.append(f"groups: {len(self.groups)} ({sum(g.prunable for g in self.groups)} prunable), "
+                     f"prunable channels: {100 * self.prunable_channel_fraction:.1f}% of "
+                     f"{self.analysis.source_channels}, MACs: {self.counts.macs / 1e6:.2f} M, "
+                     f"params: {self.counts.params / 1e6:.3f} M")
+        return "\n".join(lines)
+
+
+@dataclass
+class PruneReport:
+    before: Counts
+    after: Counts
+    plan: dict
+    criterion: str
+    verification: dict | None = None
+    timings: dict = field(default_factory=dict)
+    groups: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "criterion": self.criterion,
+            "before": self.before.to_json(),
+            "after": self.after.to_json(),
+            "macs_ratio": self.after.macs / max(self.before.macs, 1),
+            "params_ratio": self.after.params / max(self.before.params, 1),
+            "verification": self.verification,
+            "timings_s": self.timings,
+            "groups": self.groups,
+            "plan": self.plan,
+        }
+
+    def summary(self) -> str:
+        v = self.verification
+        ver = "skipped" if v is None else (f"exact (max |diff| {v['max_abs_diff']:.2e})" if v["passed"] else "FAILED")
+        return (f"MACs {self.before.macs / 1e6:.2f} M -> {self.after.macs / 1e6:.2f} M "
+                f"({100 * (1 - self.after.macs / max(self.before.macs, 1)):.1f}% fewer), params "
+                f"{self.before.params / 1e6:.3f} M -> {self.after.params / 1e6:.3f} M, "
+                f"{sum(len(g['removed']) for g in self.groups)} channels removed in "
+                f"{sum(1 for g in self.groups if g['removed'])} groups, verification: {ver}")

@@ -1,0 +1,182 @@
+"""Apply a plan: slice every coupled parameter and recompute every channel-dependent constant.
+
+The rules described the edits as ``Action`` data; here labels become kept indices. Afterwards the model
+must pass the full ONNX checker and every labelled tensor must have exactly the shape the plan predicts.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import VerificationError
+from .groups import Analysis
+from .groups.actions import Action
+from .load import Graph, infer_shapes
+from .plan import PruningPlan
+
+
+class Keep:
+    """Turns label arrays into keep masks for one plan."""
+
+    def __init__(self, analysis: Analysis, plan: PruningPlan):
+        removed = [a for gid, chans in plan.remove.items() for c in chans for a in analysis.groups[gid].atoms[c]]
+        removed_roots = np.unique(analysis.roots[np.array(removed, dtype=np.int64)]) if removed else np.array([], np.int64)
+        self.removed_atom = np.zeros(len(analysis.roots) + 1, dtype=bool)  # last slot: label -1
+        if len(removed_roots):
+            self.removed_atom[:-1] = np.isin(analysis.roots, removed_roots)
+
+    def mask(self, labels: np.ndarray) -> np.ndarray:
+        """True where a position survives (same shape as ``labels``)."""
+        return ~self.removed_atom[labels]
+
+    def along(self, labels: np.ndarray, axis: int) -> np.ndarray:
+        """Indices kept along ``axis``: a position goes when every label in its slice is removed."""
+        m = self.mask(labels)
+        other = tuple(a for a in range(m.ndim) if a != axis)
+        return np.nonzero(np.any(m, axis=other) if other else m)[0]
+
+    def count(self, labels: np.ndarray, axis: int) -> int:
+        return len(self.along(labels, axis))
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    if value is not None:
+        node.attribute.append(helper.make_attribute(name, value))
+
+
+class _Editor:
+    def __init__(self, graph: Graph, model: onnx.ModelProto):
+        self.graph = graph
+        self.model = model
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.new_inits: dict[str, np.ndarray] = {}
+
+    def value(self, node: onnx.NodeProto, k: int) -> np.ndarray:
+        name = node.input[k]
+        return self.new_inits[name] if name in self.new_inits else self.graph.consts[name]
+
+    def replace_input(self, node: onnx.NodeProto, k: int, arr: np.ndarray, tag: str) -> None:
+        name = f"{node.name}.{tag}{k}.pruned"
+        self.new_inits[name] = arr
+        node.input[k] = name
+
+
+def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.ModelProto:
+    """Return a new, physically smaller model; ``graph.model`` is not modified."""
+    plan.validate(analysis)
+    keep = Keep(analysis, plan)
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    ed = _Editor(graph, model)
+    by_input: dict[tuple[str, int], list[Action]] = defaultdict(list)
+    for act in analysis.actions:
+        if act.kind == "slice_param":
+            by_input[(act.node, act.input)].append(act)
+        else:
+            _apply_other(ed, keep, act)
+    for (node_name, k), acts in by_input.items():
+        node = ed.nodes[node_name]
+        arr = ed.value(node, k)
+        for act in acts:
+            pa = act.axis if act.param_axis is None else act.param_axis
+            idx = keep.along(act.labels, act.axis)
+            if len(idx) != arr.shape[pa]:
+                arr = np.take(arr, idx, axis=pa)
+        if arr is not ed.value(node, k):
+            ed.replace_input(node, k, np.ascontiguousarray(arr), "w")
+    _finish(model, ed)
+    return model
+
+
+def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
+    node = ed.nodes[act.node]
+    if act.kind == "set_group":
+        _set_attr(node, "group", keep.count(act.labels, act.axis))
+    elif act.kind == "counts":
+        if act.attr:
+            vals = [int(v) for v in next(helper.get_attribute_value(a) for a in node.attribute if a.name == act.attr)]
+        else:
+            vals = ed.value(node, act.input).copy()
+        for k, (labels, axis) in act.entries.items():
+            vals[k] = keep.count(labels, axis)
+        if act.attr:
+            _set_attr(node, act.attr, [int(v) for v in vals])
+        else:
+            ed.replace_input(node, act.input, vals, "c")
+    elif act.kind == "split_outputs":
+        sizes = np.array([keep.count(lab, ax) for _, (lab, ax) in sorted(act.entries.items())], dtype=np.int64)
+        _set_attr(node, "num_outputs", None)
+        if ed.graph.opset >= 13:
+            while len(node.input) < 2:
+                node.input.append("")
+            ed.replace_input(node, 1, sizes, "c")
+        else:
+            _set_attr(node, "split", [int(s) for s in sizes])
+    elif act.kind == "slice_range":
+        m = keep.mask(act.labels)
+        other = tuple(a for a in range(m.ndim) if a != act.axis)
+        kept = np.any(m, axis=other) if other else m
+        new_start = int(kept[:act.start].sum())
+        new_end = new_start + int(kept[act.start:act.end].sum())
+        for k, v in ((1, new_start), (2, new_end)):
+            vals = ed.value(node, k).copy()
+            vals[act.entry] = v
+            ed.replace_input(node, k, vals, "c")
+    elif act.kind == "gather_idx":
+        kept_idx = keep.along(act.labels, act.axis)
+        dim = act.labels.shape[act.axis]
+        new_pos = np.full(dim, -1, dtype=np.int64)
+        new_pos[kept_idx] = np.arange(len(kept_idx))
+        idx = ed.value(node, 1)
+        flat = np.where(idx < 0, idx + dim, idx).reshape(-1)
+        remapped = new_pos[flat]
+        ed.replace_input(node, 1, remapped[remapped >= 0].astype(idx.dtype), "c")
+    else:
+        raise AssertionError(f"unknown action {act.kind}")
+
+
+def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
+    g = model.graph
+    for name, arr in ed.new_inits.items():
+        g.initializer.append(numpy_helper.from_array(arr, name))
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    used |= _subgraph_reads(g)
+    inputs = {i.name for i in g.input}
+    alive = [t for t in g.initializer if t.name in used or t.name in inputs]
+    del g.initializer[:]
+    g.initializer.extend(alive)
+    del g.value_info[:]  # stale shapes: the pruned model is re-inferred
+
+
+def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    from .groups.rules.control import outer_names
+
+    names = set()
+    for n in g.node:
+        for a in n.attribute:
+            for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= outer_names(sg)
+    return names
+
+
+def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: onnx.ModelProto) -> None:
+    """Post-condition of the rewrite: valid ONNX, and every channel-carrying tensor has the planned shape."""
+    try:
+        onnx.checker.check_model(model, full_check=model.ByteSize() < 2**31 - 2**20)
+    except Exception as e:
+        raise VerificationError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0][:300]}") from None
+    shapes = infer_shapes(model, graph.input_shapes)
+    keep = Keep(analysis, plan)
+    for name, labels in analysis.expected.items():
+        old = graph.shapes.get(name)
+        if old is None or name not in shapes:
+            continue
+        want = tuple(keep.count(labels, ax) if labels.shape[ax] > 1 else d for ax, d in enumerate(old))
+        if shapes[name] != want:
+            raise VerificationError(f"tensor '{name}' has shape {shapes[name]} after the rewrite, the plan implies {want}")

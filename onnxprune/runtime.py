@@ -1,0 +1,31 @@
+"""Thin onnxruntime wrapper so every stage creates sessions the same way (CPU, quiet, deterministic)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+
+
+def make_session(model: onnx.ModelProto | bytes, optimize: bool = True, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0][:300]}") from None
+
+
+def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+    sess = model if hasattr(model, "run") else make_session(model)
+    try:
+        return sess.run(outputs, feeds)
+    except Exception as e:
+        raise OnnxPruneError(f"onnxruntime failed to run the model: {str(e).splitlines()[0][:300]}") from None
