@@ -209,14 +209,44 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int,
     return shapes
 
 
+SKELETON_MIN_ELEMENTS = 64
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without the payload of large initializers (they become typed graph inputs).
+
+    Shape inference and the checker serialise the whole model; with the weights gone that costs
+    milliseconds instead of a second on ResNet-50, and models over 2 GB fit in a protobuf. Small
+    constants stay, because shape inference reads their values (Reshape targets, Slice bounds).
+    """
+    light = onnx.ModelProto()
+    big = [t for t in model.graph.initializer if int(np.prod(t.dims)) >= SKELETON_MIN_ELEMENTS
+           and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)]
+    if not big:
+        light.CopyFrom(model)
+        return light
+    names = {t.name for t in big}
+    kept = [t for t in model.graph.initializer if t.name not in names]
+    g = model.graph
+    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                                   producer_name=model.producer_name, functions=model.functions,
+                                   graph=onnx.GraphProto(name=g.name, node=g.node, input=g.input, output=g.output,
+                                                         value_info=g.value_info, initializer=kept,
+                                                         sparse_initializer=g.sparse_initializer)))
+    existing = {i.name for i in light.graph.input}
+    for t in big:
+        if t.name not in existing:
+            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
 def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Static shapes of every tensor for the given input shapes.
 
     onnx shape inference (with data propagation) covers almost everything; whatever it leaves unknown
     (custom-shaped ops, Shape arithmetic it cannot fold) we read off a single onnxruntime run.
     """
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
+    light = skeleton(model)
     for inp in light.graph.input:
         if inp.name in input_shapes:
             tt = inp.type.tensor_type
@@ -238,7 +268,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
         shapes[t.name] = tuple(t.dims)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
-        shapes.update(_shapes_from_runtime(light, input_shapes, missing))
+        shapes.update(_shapes_from_runtime(model, input_shapes, missing))
     return shapes
 
 

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from .errors import VerificationError
 from .groups import Analysis
-from .load import Graph, random_feeds
+from .load import Graph, random_feeds, skeleton
 from .plan import PruningPlan
 from .rewrite import Keep
 from .runtime import run_model
@@ -63,7 +63,7 @@ def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tup
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     g = inferred.graph
     out = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
     out.update({t.name: t.data_type for t in g.initializer})

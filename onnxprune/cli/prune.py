@@ -1,0 +1,73 @@
+"""``onnxprune prune``: score, allocate, rewrite, verify, write."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..errors import OnnxPruneError
+
+log = logging.getLogger(__name__)
+
+
+def _criteria_help() -> str:
+    from ..criteria import CRITERIA
+
+    return "; ".join(f"{c.name}: {c.help}" for c in CRITERIA.values())
+
+
+def _ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
+
+
+def register(sub) -> None:
+    from .common import add_model_args, add_selection_args
+
+    p = sub.add_parser("prune", help="prune channels and write a smaller model that verifies exact",
+                       description="Prune channels of an ONNX model. Every rewrite is verified against the original "
+                                   "with the removed channels masked out, unless --no-verify.")
+    add_model_args(p)
+    add_selection_args(p)
+    p.add_argument("-o", "--output", required=True, help="pruned model path (written atomically)")
+    p.add_argument("--criterion", default="l1", help="channel importance: " + _criteria_help())
+    p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of each prunable group's channels to remove")
+    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels a multiple of N (e.g. 8 for tensor cores)")
+    p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
+    p.add_argument("--combine", default="sum", choices=["sum", "mean", "max"],
+                   help="how the scores of a group's producers combine into one channel score (default: sum)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random scores and verification inputs")
+    p.add_argument("--plan", metavar="FILE", help="replay a saved plan instead of scoring and allocating")
+    p.add_argument("--save-plan", metavar="FILE", help="write the plan (which channels of which group) as JSON")
+    p.add_argument("--report", metavar="FILE.json", help="write the report (MACs/params before/after, kept/removed)")
+    p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
+    p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data (automatic over 2 GB)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import prune
+    from ..plan import PruningPlan
+    from ..save import check_output_path, save_json, save_model
+
+    check_output_path(args.output, [args.model])
+    if args.round_to < 1 or args.min_channels < 1:
+        raise OnnxPruneError("--round-to and --min-channels must be at least 1")
+    plan = PruningPlan.load(args.plan) if args.plan else None
+    model, report = prune(args.model, args.criterion, args.ratio, round_to=args.round_to,
+                          min_channels=args.min_channels, exclude=args.exclude, input_shapes=args.input_shape,
+                          plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed)
+    if not any(g["prunable"] for g in report.groups):
+        log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
+    save_model(model, args.output, external=args.external_data or None)
+    if args.report:
+        save_json(report.to_json(), args.report)
+    if args.save_plan:
+        save_json(report.plan, args.save_plan)
+    print(report.summary())
+    print(f"wrote {args.output}")
+    return 0
