@@ -52,14 +52,64 @@ def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tup
         inserts.setdefault(node_name, []).append(helper.make_node("Mul", [src, mask_name], [out_name], name=f"{node_name}.maskmul{k}"))
         node.input[k] = out_name
         count += 1
+    replaced = {}
+    for node_name, labels, axes in analysis.stat_masks:
+        m = keep.mask(labels)
+        if m.all():
+            continue
+        node = nodes[node_name]
+        elem = dtypes.get(node.input[0], onnx.TensorProto.FLOAT)
+        replaced[node_name] = _masked_layer_norm(g, node, m, axes, graph.shapes[node.input[0]], elem)
+        count += 1
     new_nodes = []
     for n in g.node:
         new_nodes.extend(inserts.get(n.name, []))
-        new_nodes.append(n)
+        new_nodes.extend(replaced.get(n.name, [n]))
     del g.node[:]
     g.node.extend(new_nodes)
     del g.value_info[:]
     return model, count
+
+
+def _masked_layer_norm(g: onnx.GraphProto, node: onnx.NodeProto, mask: np.ndarray, axes: list[int],
+                       shape: tuple[int, ...], elem: int) -> list[onnx.NodeProto]:
+    """LayerNormalization whose mean and variance run over the kept channels only (what the pruned
+    model computes), written with plain ops so it shares no code with the rewrite it checks."""
+    from .groups.rules._util import attr
+
+    dt = helper.tensor_dtype_to_np_dtype(elem)
+    p = f"{node.name}.mln"
+    full = np.broadcast_to(mask, (1,) + tuple(shape[1:])).astype(np.float64)
+    cnt = np.sum(full, axis=tuple(axes), keepdims=True)
+    eps = float(attr(node, "epsilon", 1e-5))
+    inits = {f"{p}.m": mask.astype(dt), f"{p}.n": cnt.astype(dt), f"{p}.axes": np.array(axes, dtype=np.int64),
+             f"{p}.eps": np.array(eps, dtype=dt)}
+    for name, arr in inits.items():
+        g.initializer.append(numpy_helper.from_array(arr, name))
+    x = node.input[0]
+    mk = helper.make_node
+    nodes = [
+        mk("Mul", [x, f"{p}.m"], [f"{p}.xm"], name=f"{p}.0"),
+        mk("ReduceSum", [f"{p}.xm", f"{p}.axes"], [f"{p}.s"], keepdims=1, name=f"{p}.1"),
+        mk("Div", [f"{p}.s", f"{p}.n"], [f"{p}.mean"], name=f"{p}.2"),
+        mk("Sub", [x, f"{p}.mean"], [f"{p}.d"], name=f"{p}.3"),
+        mk("Mul", [f"{p}.d", f"{p}.m"], [f"{p}.dm"], name=f"{p}.4"),
+        mk("Mul", [f"{p}.dm", f"{p}.dm"], [f"{p}.d2"], name=f"{p}.5"),
+        mk("ReduceSum", [f"{p}.d2", f"{p}.axes"], [f"{p}.s2"], keepdims=1, name=f"{p}.6"),
+        mk("Div", [f"{p}.s2", f"{p}.n"], [f"{p}.var"], name=f"{p}.7"),
+        mk("Add", [f"{p}.var", f"{p}.eps"], [f"{p}.ve"], name=f"{p}.8"),
+        mk("Sqrt", [f"{p}.ve"], [f"{p}.std"], name=f"{p}.9"),
+        mk("Div", [f"{p}.d", f"{p}.std"], [f"{p}.y0"], name=f"{p}.10"),
+    ]
+    y = f"{p}.y0"
+    if len(node.input) > 1 and node.input[1]:
+        nodes.append(mk("Mul", [y, node.input[1]], [f"{p}.y1"], name=f"{p}.11"))
+        y = f"{p}.y1"
+    if len(node.input) > 2 and node.input[2]:
+        nodes.append(mk("Add", [y, node.input[2]], [f"{p}.y2"], name=f"{p}.12"))
+        y = f"{p}.y2"
+    nodes.append(mk("Identity", [y], [node.output[0]], name=f"{p}.13"))
+    return nodes
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -72,6 +72,11 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
             g = groups[key_to_id[key]] if key in key_to_id else None
             if g is not None and g.prunable:
                 g.prunable, g.reason = False, reason
+    for node_name, labels, _ in ctx.stat_masks:
+        for key in {comp.find(int(roots[a])) for a in np.unique(labels[labels >= 0])}:
+            g = groups[key_to_id[key]]
+            if len(g.notes) < 3:
+                g.notes.append(f"LayerNormalization '{node_name}' normalises over the kept channels only")
     if exclude:
         matched = set()
         for g in groups:
@@ -85,5 +90,5 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
         if g.prunable and g.channels < 2:
             g.prunable, g.reason = False, "a single channel cannot be pruned"
     return Analysis(groups=groups, sources=ctx.sources, roots=roots, actions=ctx.actions,
-                    terminals=ctx.terminals, expected=dict(ctx._labels),
+                    terminals=ctx.terminals, expected=dict(ctx._labels), stat_masks=ctx.stat_masks,
                     source_channels=sum(s.n for s in ctx.sources))

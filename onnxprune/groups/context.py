@@ -21,6 +21,8 @@ class Context:
         self.terminals: list[tuple[str, int, np.ndarray]] = []
         # Shape outputs: name -> (tensor measured, first axis reported); read by Gather/Slice rules
         self.shape_of: dict[str, tuple[str, int]] = {}
+        # Normalisations whose statistics run over channels: (node, labels, reduced axes)
+        self.stat_masks: list[tuple[str, np.ndarray, list[int]]] = []
 
     # --- reading -------------------------------------------------------------------------------
     def labels(self, name: str) -> np.ndarray | None:

@@ -39,6 +39,7 @@ class ChannelGroup:
     prunable: bool = True
     reason: str = ""
     macs: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -46,7 +47,7 @@ class ChannelGroup:
 
     def to_json(self) -> dict:
         return {"id": self.id, "channels": self.channels, "prunable": self.prunable, "reason": self.reason,
-                "sources": list(self.sources), "macs": int(self.macs)}
+                "sources": list(self.sources), "macs": int(self.macs), "notes": list(self.notes)}
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Analysis:
     actions: list[Action]
     terminals: list[tuple[str, int, np.ndarray]]  # (node, input index, labels) where channels are consumed
     expected: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> labels (for shape checks)
+    stat_masks: list[tuple[str, np.ndarray, list[int]]] = field(default_factory=list)
     source_channels: int = 0
 
     def group(self, gid: int) -> ChannelGroup:

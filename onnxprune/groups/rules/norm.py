@@ -1,8 +1,10 @@
 """Normalisations and softmax-like ops.
 
 Per-channel normalisations (BatchNorm, InstanceNorm) are exact to prune: slice their parameters.
-Anything whose statistics run over the channel axis (LayerNorm over C, GroupNorm, Softmax over C) would
-change its result when channels disappear, so those channels are frozen: never a wrong rewrite.
+LayerNormalization over the channel axis (channels-last ConvNeXt/ViT blocks) is prunable with one
+documented semantic: after pruning its mean and variance cover the kept channels only. The verifier's
+reference computes exactly that (statistics masked to the kept channels), so the rewrite is still proven.
+GroupNorm, Lp/MVN normalisation and Softmax over channels freeze: never a wrong rewrite.
 """
 from __future__ import annotations
 
@@ -62,5 +64,18 @@ def over_axes(node, ctx) -> None:
         ax = int(attr(node, "axis", default)) % rank
         reduced = {ax} if ctx.graph.opset >= 13 else set(range(ax, rank))
     if reduced & set(L.labelled_axes(lab)):
-        return ctx.freeze_inputs(node, f"{op} '{node.name}': its statistics span the channel axis (pruning is not exact)")
+        if op != "LayerNormalization" or len(node.output) > 1 and any(node.output[1:]):
+            return ctx.freeze_inputs(node, f"{op} '{node.name}': its statistics span the channel axis")
+        for k in (1, 2):
+            name = inp(node, k)
+            if not name:
+                continue
+            shape = ctx.shape(name)
+            if ctx.const(name) is None or shape is None:
+                return ctx.freeze_inputs(node, f"LayerNormalization '{node.name}': computed scale/bias")
+            offset = rank - len(shape)
+            for ax in L.labelled_axes(lab):
+                if ax >= offset and shape[ax - offset] > 1:
+                    ctx.act(Action("slice_param", node.name, labels=lab, axis=ax, input=k, param_axis=ax - offset))
+        ctx.stat_masks.append((node.name, lab, sorted(reduced)))
     ctx.set(node.output[0], lab)
