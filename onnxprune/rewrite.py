@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import VerificationError
+from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .groups.actions import Action
 from .load import Graph, infer_shapes, skeleton
@@ -70,6 +70,11 @@ class _Editor:
 def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.ModelProto:
     """Return a new, physically smaller model; ``graph.model`` is not modified."""
     plan.validate(analysis)
+    from .allocation.feasible import emptied
+
+    bad = emptied(analysis, plan)
+    if bad:
+        raise OnnxPruneError(f"plan removes every channel of tensor '{bad[0][0]}' (axis {bad[0][1]})")
     keep = Keep(analysis, plan)
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)

@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
+from .feasible import restore_emptied
 
 
 def kept_count(channels: int, ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
@@ -38,4 +39,4 @@ def uniform_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float
             continue
         order = np.argsort(scores[g.id], kind="stable")  # least important first
         plan.remove[g.id] = sorted(int(c) for c in order[:n_remove])
-    return plan
+    return restore_emptied(analysis, plan, scores)

@@ -59,8 +59,13 @@ class Context:
         self._labels[name] = labels
 
     def _make_rectangular(self, labels: np.ndarray, axes: list[int]) -> np.ndarray | None:
-        # Channels spread over several axes (e.g. [groups, channels/group] inside a channel shuffle) must be
-        # removed as whole slices along the last such axis, or the tensor stops being rectangular.
+        # Channels spread over several axes (e.g. [groups, channels/group] inside a channel shuffle) must go
+        # as whole slices along one axis, or the tensor stops being rectangular. If the coupled classes
+        # already depend on one axis only, nothing to do; otherwise couple along the last such axis.
+        if np.all(labels >= 0):
+            roots = np.vectorize(self.uf.find, otypes=[np.int64])(labels)
+            if len(L.labelled_axes(L.compress(roots))) <= 1:
+                return labels
         last = axes[-1]
         cols = np.moveaxis(labels, last, -1).reshape(-1, labels.shape[last])
         for j in range(cols.shape[1]):

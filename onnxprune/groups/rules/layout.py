@@ -27,20 +27,45 @@ def reshape(node, ctx) -> None:
     new = _reshaped(node, ctx)
     if new is None:
         return
-    target = ctx.const(inp(node, 1))
-    if target is None:
-        return ctx.freeze_inputs(node, f"Reshape '{node.name}': target shape is computed")
     new = L.compress(new)
-    entries = {}
+    pieces = _target_pieces(ctx, node, inp(node, 1))
+    if pieces is None:
+        return ctx.freeze_inputs(node, f"Reshape '{node.name}': target shape is computed")
+    edits: dict[tuple[str, int], dict] = {}
     for ax in L.labelled_axes(new):
-        v = int(target[ax])
-        if v > 0:
-            entries[ax] = (new, ax)
-        elif v == 0 and not int(attr(node, "allowzero", 0)):
-            pass  # copies the input dim, which the rewrite changes consistently; the shape check confirms it
-    if entries:
-        ctx.act(Action("counts", node.name, input=1, entries=entries))
+        owner, k, value = pieces[ax]
+        if value is None:
+            return ctx.freeze_inputs(node, f"Reshape '{node.name}': computed target dim on a channel axis")
+        if value > 0:  # -1 is inferred and 0 copies the (consistently pruned) input dim: both need no edit
+            edits.setdefault(owner, {})[k] = (new, ax)
+    for (owner, in_index), entries in edits.items():
+        ctx.act(Action("counts", owner, input=in_index, entries=entries))
     ctx.set(node.output[0], new)
+
+
+def _target_pieces(ctx, node, name: str):
+    """Per target dim: (node owning the constant, its input index, entry) -> value (None if computed).
+
+    Exporters build ``x.view(x.size(0), -1)`` as Concat(Unsqueeze(Gather(Shape(x))), [-1]); the channel
+    dims of such targets are constants inside the Concat, and that constant is what the rewrite edits.
+    """
+    const = ctx.const(name)
+    if const is not None:
+        return [((node.name, 1), i, int(v)) for i, v in enumerate(np.atleast_1d(const))]
+    prod = ctx.graph.producer.get(name)
+    if prod is None or prod.op_type != "Concat" or len(ctx.graph.consumers.get(name, [])) != 1:
+        return None
+    pieces = []
+    for k, piece in enumerate(prod.input):
+        c = ctx.const(piece)
+        shape = ctx.shape(piece)
+        if c is not None:
+            pieces.extend(((prod.name, k), i, int(v)) for i, v in enumerate(np.atleast_1d(c)))
+        elif shape is not None and len(shape) == 1:
+            pieces.extend(((prod.name, k), i, None) for i in range(shape[0]))
+        else:
+            return None
+    return pieces
 
 
 @rule("Flatten")

@@ -1,0 +1,77 @@
+"""Tiny hand-built ONNX graphs for rule tests: a fluent builder over onnx.helper."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class G:
+    def __init__(self, shape=(1, 4, 8, 8), opset: int = 17, seed: int = 0, name: str = "x", domains=()):
+        self.domains = list(domains)
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))]
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.opset = opset
+        self.k = 0
+        self.x = name
+
+    def _name(self, op: str) -> str:
+        self.k += 1
+        return f"{op.lower()}{self.k}"
+
+    def const(self, arr, name: str | None = None) -> str:
+        name = name or self._name("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def op(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> str | list[str]:
+        name = self._name(op)
+        outs = [f"{name}_o{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True, name: str | None = None) -> str:
+        w = self.const(self.rng.standard_normal((cout, cin // group, k, k)).astype(np.float32))
+        ins = [x, w]
+        if bias:
+            ins.append(self.const(self.rng.standard_normal(cout).astype(np.float32)))
+        out = self.op("Conv", ins, pads=[k // 2] * 4, group=group, kernel_shape=[k, k])
+        if name:
+            self.nodes[-1].name = name
+        return out
+
+    def bn(self, x: str, c: int) -> str:
+        r = self.rng
+        ps = [self.const(r.random(c).astype(np.float32) + 0.5), self.const(r.standard_normal(c).astype(np.float32)),
+              self.const(r.standard_normal(c).astype(np.float32)), self.const(r.random(c).astype(np.float32) + 0.5)]
+        return self.op("BatchNormalization", [x, *ps])
+
+    def gemm(self, x: str, k: int, n: int) -> str:
+        w = self.const(self.rng.standard_normal((n, k)).astype(np.float32))
+        b = self.const(self.rng.standard_normal(n).astype(np.float32))
+        return self.op("Gemm", [x, w, b], transB=1)
+
+    def matmul(self, x: str, k: int, n: int) -> str:
+        return self.op("MatMul", [x, self.const(self.rng.standard_normal((k, n)).astype(np.float32))])
+
+    def ints(self, vals) -> str:
+        return self.const(np.array(vals, dtype=np.int64))
+
+    def output(self, name: str, shape=None) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+
+    def model(self) -> onnx.ModelProto:
+        outs = self.outputs
+        g = helper.make_graph(self.nodes, "t", self.inputs, outs, self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)] +
+                              [helper.make_opsetid(d, 1) for d in self.domains])
+        m.ir_version = 8
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+        typed = [o if o.type.tensor_type.HasField("shape") else orig
+                 for o, orig in zip(inferred.graph.output, outs)]
+        del m.graph.output[:]
+        m.graph.output.extend(typed)
+        return m
