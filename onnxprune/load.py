@@ -316,6 +316,9 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
         msg = str(e).strip().splitlines()
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
     norm = normalise(model)
+    from .fold import fold_static_shapes
+
+    fold_static_shapes(norm)
     shapes_in = resolve_input_shapes(norm, input_shapes or {})
     shapes = infer_shapes(norm, shapes_in)
     consts = {t.name: numpy_helper.to_array(t) for t in norm.graph.initializer}

@@ -1,0 +1,136 @@
+"""Fold shape arithmetic on static dims into constants.
+
+The legacy exporter computes ``x.view(n, groups, c // groups, h, w)`` and ``x.chunk(2, dim=1)`` from
+``Shape(x)`` at run time, even though the channel count is static. Left alone, such a graph reads the
+channel count at run time and every channel it reads must freeze. Folding the dims that are static in
+the model itself (never the dynamic batch or spatial dims) turns them into constants the rewrite can
+edit, as onnx-simplifier does; we do it here because onnxsim needs fixed input shapes and would also
+fold the dims the deploy engineer left dynamic.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+FOLDABLE = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Add", "Sub", "Mul", "Div",
+            "Floor", "Ceil", "Neg", "Abs", "Max", "Min", "Equal", "Where", "Identity", "Reshape", "Mod",
+            "ReduceProd", "ReduceSum", "Range", "Sqrt", "Less", "Greater", "Not", "And", "Or"}
+MAX_ELEMENTS = 4096
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    from .load import skeleton
+
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+    g = inferred.graph
+    out = {}
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return out
+
+
+def fold_static_shapes(model: onnx.ModelProto, rounds: int = 16) -> int:
+    """Fold in place until nothing changes (each round lets shape inference see through the previous
+    round's constants); returns the number of nodes folded away."""
+    total = 0
+    for _ in range(rounds):
+        n = _fold_round(model)
+        total += n
+        if not n:
+            break
+    return total
+
+
+def _fold_round(model: onnx.ModelProto) -> int:
+    try:
+        shapes = _symbolic_shapes(model)
+    except Exception:  # shape inference problems are reported by the loader, not here
+        return 0
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    values: dict[str, np.ndarray] = {}
+    outputs = {o.name for o in g.output}
+    keep, folded = [], []
+    for node in g.node:
+        val = _fold(node, shapes, consts, values) if node.op_type in FOLDABLE and not node.domain else None
+        if val is not None and node.output[0] not in outputs and len(node.output) == 1:
+            values[node.output[0]] = val
+            folded.append(node.output[0])
+            continue
+        keep.append(node)
+    if not folded:
+        return 0
+    used = {i for n in keep for i in n.input} | outputs
+    for name in folded:
+        if name in used:
+            g.initializer.append(numpy_helper.from_array(values[name], name))
+    del g.node[:]
+    g.node.extend(keep)
+    return len(folded)
+
+
+def _value(name, consts, values):
+    if name in values:
+        return values[name]
+    t = consts.get(name)
+    if t is None:
+        return None
+    if int(np.prod(t.dims)) > MAX_ELEMENTS:
+        return None
+    arr = numpy_helper.to_array(t)
+    values[name] = arr
+    return arr
+
+
+def _fold(node, shapes, consts, values):
+    if node.op_type == "Shape":
+        dims = shapes.get(node.input[0])
+        if dims is None:
+            return None
+        start = next((a.i for a in node.attribute if a.name == "start"), 0)
+        end = next((a.i for a in node.attribute if a.name == "end"), None)
+        sel = dims[start:end] if end is not None else dims[start:]
+        if any(d is None for d in sel):
+            values[("shape_of", node.output[0])] = sel  # for a Gather/Slice of its static dims
+            return None
+        return np.array(sel, dtype=np.int64)
+    args = []
+    for i in node.input:
+        if not i:
+            args.append(None)
+            continue
+        v = _value(i, consts, values)
+        if v is None:
+            return _partial_shape(node, shapes, consts, values)
+        args.append(v)
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        out = ReferenceEvaluator(node).run(None, {i: a for i, a in zip(node.input, args) if i})[0]
+    except Exception:
+        return None
+    out = np.asarray(out)
+    return out if out.size <= MAX_ELEMENTS else None
+
+
+def _partial_shape(node, shapes, consts, values):
+    """Gather/Slice of Shape(x) picking only static dims of x, although other dims of x are dynamic."""
+    src = values.get(("shape_of", node.input[0])) if node.input else None
+    if src is None or node.op_type not in ("Gather", "Slice"):
+        return None
+    dims = np.array([-1 if d is None else d for d in src], dtype=np.int64)
+    if node.op_type == "Gather":
+        idx = _value(node.input[1], consts, values)
+        if idx is None:
+            return None
+        picked = dims[np.asarray(idx, dtype=np.int64)]
+    else:
+        starts, ends = (_value(node.input[k], consts, values) for k in (1, 2))
+        steps = _value(node.input[4], consts, values) if len(node.input) > 4 and node.input[4] else np.array([1])
+        if starts is None or ends is None or steps is None:
+            return None
+        picked = dims[int(starts[0]):int(max(min(ends[0], 2**62), -2**62)):int(steps[0])]
+    return None if np.any(picked < 0) else picked.astype(np.int64)
