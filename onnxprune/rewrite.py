@@ -174,9 +174,20 @@ def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: on
     """Post-condition of the rewrite: valid ONNX, and every channel-carrying tensor has the planned shape."""
     try:
         onnx.checker.check_model(model if model.ByteSize() < 2**31 - 2**20 else skeleton(model))
-        onnx.checker.check_model(skeleton(model), full_check=True)
     except Exception as e:
         raise VerificationError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0][:300]}") from None
+    try:
+        onnx.checker.check_model(skeleton(model), full_check=True)
+    except Exception as e:
+        # The full check also runs strict shape inference, which for some function ops (e.g.
+        # MeanVarianceNormalization in onnx 1.2x) fails on perfectly valid models. Only a failure the
+        # original model does not have is the rewrite's fault.
+        try:
+            onnx.checker.check_model(skeleton(graph.model), full_check=True)
+        except Exception:
+            pass
+        else:
+            raise VerificationError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0][:300]}") from None
     shapes = infer_shapes(model, graph.input_shapes)
     keep = Keep(analysis, plan)
     for name, labels in analysis.expected.items():

@@ -13,8 +13,15 @@ from ..errors import OnnxPruneError
 from . import analyze, prune
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (scripts grep stderr); the full usage stays behind --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onnxprune", description="Structured channel pruning of ONNX models.")
+    p = OneLineParser(prog="onnxprune", description="Structured channel pruning of ONNX models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks (for bug reports)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = p.add_subparsers(dest="command", required=True)

@@ -13,6 +13,7 @@ from .context import Context
 from .group import Analysis, ChannelGroup
 from .labels import UnionFind
 from .registry import SOURCE_OPS, get_rule
+from .rules.control import control
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ def trace(graph: Graph) -> Context:
     for node in graph.model.graph.node:
         fn = get_rule(node.op_type, node.domain)
         touched = any(ctx.labels(i) is not None or i in ctx.shape_of for i in node.input) or _has_subgraph(node)
+        if fn is None and _has_subgraph(node):
+            fn = control  # any op with a subgraph: freeze what it can see, outer scope included
         if fn is None:
             if touched:
                 ctx.freeze_inputs(node, f"unsupported op {node.domain + '.' if node.domain else ''}{node.op_type} "

@@ -19,7 +19,7 @@ def outer_names(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
-@rule("If", "Loop", "Scan", "SequenceMap")
+@rule("If", "Loop", "Scan")
 def control(node, ctx) -> None:
     reason = f"{node.op_type} '{node.name}': subgraphs are not rewritten"
     ctx.freeze_inputs(node, reason)

@@ -17,7 +17,7 @@ UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Elu", "Selu", "Celu", "Softplus",
     "Softsign", "ThresholdedRelu", "Gelu", "Mish", "Identity", "Cast", "CastLike", "Neg", "Abs", "Exp", "Log",
     "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh",
-    "Cosh", "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "Shrink", "Swish",
+    "Cosh", "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "Shrink",
 )
 BROADCAST = (
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "LessOrEqual",

@@ -33,7 +33,7 @@ def pool(node, ctx) -> None:
     ctx.set(node.output[0], lab)
 
 
-@rule("Resize", "Upsample")
+@rule("Resize")
 def resize(node, ctx) -> None:
     x, out = node.input[0], node.output[0]
     lab = ctx.labels(x)

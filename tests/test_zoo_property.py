@@ -1,0 +1,91 @@
+"""Property test over torchvision architectures (random weights), both exporters.
+
+For random plans: the pruned model passes the checker, runs in onnxruntime, equals the masked original
+(prune() verifies and raises otherwise; we also assert the recorded result), keeps the input/output
+interface including the dynamic batch, and has fewer MACs and params. Ratio 0 is the identical function.
+The whole zoo (every classification architecture) runs in benchmarks/zoo.py.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import onnxprune
+from helpers import feeds_for, outputs, random_plan
+
+pytest.importorskip("torchvision")
+from onnxprune import zoo  # noqa: E402
+
+MODELS = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "densenet121",
+          "efficientnet_b0", "regnet_y_400mf", "googlenet", "mnasnet0_5", "convnext_tiny", "resnext50_32x4d"]
+CASES = [(m, e) for m in MODELS for e in ("legacy", "dynamo")]
+_loaded: dict = {}
+
+
+def exported(zoo_dir, name, exporter):
+    key = (name, exporter)
+    if key not in _loaded:
+        path = os.path.join(zoo_dir, f"{name}_{exporter}.onnx")
+        if not os.path.exists(path):
+            zoo.export(name, path, dynamo=exporter == "dynamo")
+        _loaded[key] = (path, onnxprune.analyze(path))
+    return _loaded[key]
+
+
+def coverage(report) -> float:
+    considered = [g for g in report.groups if not g.reason.startswith("reaches graph output")]
+    n = {s.node: s.n for s in report.analysis.sources}
+    total = sum(n[s] for g in considered for s in g.sources)
+    return sum(n[s] for g in considered if g.prunable for s in g.sources) / total
+
+
+def interface(model: onnx.ModelProto):
+    def sig(vis):
+        return [(v.name, v.type.tensor_type.elem_type,
+                 [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in vis]
+
+    inits = {t.name for t in model.graph.initializer}
+    return sig([i for i in model.graph.input if i.name not in inits]), sig(model.graph.output)
+
+
+@pytest.mark.parametrize("name,exporter", CASES)
+def test_coverage_and_identity(zoo_dir, name, exporter):
+    path, rep = exported(zoo_dir, name, exporter)
+    assert coverage(rep) >= 0.95, [g.reason for g in rep.groups if not g.prunable]
+    pruned, r = onnxprune.prune(rep.graph, ratio=0.0)
+    original = onnx.load(path)
+    feeds = feeds_for(original)
+    for a, b in zip(outputs(original, feeds), outputs(pruned, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert r.after.macs == r.before.macs
+
+
+@pytest.mark.parametrize("name,exporter", CASES)
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_random_plans_are_exact(zoo_dir, name, exporter, seed):
+    path, rep = exported(zoo_dir, name, exporter)
+    plan = random_plan(rep, seed)
+    assert plan.remove, "no prunable group"
+    pruned, r = onnxprune.prune(rep.graph, plan=plan, seed=seed)
+    assert r.verification["passed"] and r.verification["max_rel_diff"] <= r.verification["tolerance"]
+    assert r.after.macs < r.before.macs and r.after.params < r.before.params
+    assert interface(pruned) == interface(onnx.load(path, load_external_data=False))
+    # the dynamic batch survives: run the pruned model at batch 3
+    feeds = feeds_for(onnx.load(path), [f"x:3x3x{zoo.input_size(name)}x{zoo.input_size(name)}"])
+    assert outputs(pruned, feeds)[0].shape[0] == 3
+
+
+@pytest.mark.parametrize("name", ["resnet18", "shufflenet_v2_x0_5"])
+def test_uniform_ratio_removes_the_planned_share(zoo_dir, name):
+    _, rep = exported(zoo_dir, name, "dynamo")
+    pruned, r = onnxprune.prune(rep.graph, ratio=0.3, criterion="l1")
+    for g in r.groups:
+        if g["prunable"]:
+            assert len(g["kept"]) == int(np.ceil(g["channels"] * 0.7 - 1e-9))
+    assert r.after.macs < 0.7 * r.before.macs
