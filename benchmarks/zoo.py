@@ -67,7 +67,13 @@ def main() -> None:
     ap.add_argument("--models", default="")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "onnxprune-zoo"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "zoo.json"))
+    ap.add_argument("--readme", help="rewrite the zoo table between the markers of this README")
+    ap.add_argument("--from-json", help="only rebuild the README table from an earlier run's JSON")
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            update_readme(json.load(f), args.readme or "README.md")
+        return
     names = args.models.split(",") if args.models else [n for n in zoo.classification_models() if n not in SKIP_HUGE]
     exporters = {"legacy": [False], "dynamo": [True], "both": [False, True]}[args.exporter]
     os.makedirs(args.workdir, exist_ok=True)
@@ -83,6 +89,45 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
     ok = [r for r in rows if r.get("exact") and r.get("coverage", 0) >= 0.95]
     print(f"{len(ok)}/{len(rows)} exports: coverage >= 95% and exact at ratio 0.3")
+    if args.readme:
+        update_readme(rows, args.readme)
+
+
+def table(rows: list[dict]) -> str:
+    by = {}
+    for r in rows:
+        by.setdefault(r["model"], {})[r["exporter"]] = r
+
+    def cell(r):
+        if r is None:
+            return "–"
+        if "error" in r:
+            return "export/analysis error: " + r["error"].split(":")[0]
+        mark = "exact" if r["exact"] else "NOT EXACT"
+        return f"{100 * r['coverage']:.1f}% · {mark} · {r['prune_s']:.2f}s"
+
+    lines = ["| model | legacy exporter | dynamo exporter | below the 95% bar because |", "|---|---|---|---|"]
+    for name in sorted(by):
+        ex = by[name]
+        why = "; ".join(sorted({f for r in ex.values() if r.get("coverage", 1) < 0.95 for f in r.get("frozen", [])[:1]}))
+        lines.append(f"| {name} | {cell(ex.get('legacy'))} | {cell(ex.get('dynamo'))} | {why} |")
+    ok = [r for r in rows if r.get("exact") and r.get("coverage", 0) >= 0.95]
+    exact = [r for r in rows if r.get("exact")]
+    lines.append("")
+    lines.append(f"{len(ok)} of {len(rows)} exports reach 95% coverage and verify exact; "
+                 f"{len(exact)} of {len(rows)} verify exact at `--ratio 0.3`.")
+    return "\n".join(lines)
+
+
+def update_readme(rows: list[dict], readme: str) -> None:
+    text = open(readme).read()
+    start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(readme, "w") as f:
+        f.write(head + start + "\n" + table(rows) + "\n" + end + tail)
 
 
 if __name__ == "__main__":

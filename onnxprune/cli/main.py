@@ -10,7 +10,7 @@ import logging
 import sys
 
 from ..errors import OnnxPruneError
-from . import analyze, prune
+from . import analyze, demo, prune
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     analyze.register(sub)
     prune.register(sub)
+    demo.register(sub)
     return p
 
 
