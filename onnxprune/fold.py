@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-FOLDABLE = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Add", "Sub", "Mul", "Div",
-            "Floor", "Ceil", "Neg", "Abs", "Max", "Min", "Equal", "Where", "Identity", "Reshape", "Mod",
-            "ReduceProd", "ReduceSum", "Range", "Sqrt", "Less", "Greater", "Not", "And", "Or"}
+# Any default-domain op whose inputs are all small constants folds, except these.
+NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                "Bernoulli", "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty", "SequenceInsert",
+                "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalGetElement", "Constant"}
 MAX_ELEMENTS = 4096
 
 
@@ -55,7 +56,8 @@ def _fold_round(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in g.output}
     keep, folded = [], []
     for node in g.node:
-        val = _fold(node, shapes, consts, values) if node.op_type in FOLDABLE and not node.domain else None
+        foldable = node.domain in ("", "ai.onnx") and node.op_type not in NOT_FOLDABLE
+        val = _fold(node, shapes, consts, values) if foldable else None
         if val is not None and node.output[0] not in outputs and len(node.output) == 1:
             values[node.output[0]] = val
             folded.append(node.output[0])

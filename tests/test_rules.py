@@ -315,3 +315,27 @@ def test_opsets(opset):
     y = b.op("Concat", [s2, s1], axis=1)
     b.output(b.conv(y, 8, 2))
     check_random_plans(b.model())
+
+
+def test_attention_head_dims_are_prunable():
+    """Fused qkv projection -> heads -> softmax(q k^T) v -> projection: q and k lose the same head dims."""
+    b = G(shape=(1, 4, 4, 4))
+    c, heads, d = 8, 2, 4
+    a = b.conv(b.x, 4, c, name="a")
+    tokens = b.op("Transpose", [b.op("Reshape", [a, b.ints([1, c, 16])])], perm=[0, 2, 1])  # [1, 16, C]
+    qkv = b.matmul(tokens, c, 3 * c)
+    qkv = b.op("Reshape", [qkv, b.ints([1, 16, 3, heads, d])])
+    qkv = b.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])  # [3, 1, heads, 16, d]
+    q, k, v = (b.op("Gather", [qkv, b.ints(i)], axis=0) for i in range(3))
+    att = b.op("Softmax", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1)
+    o = b.op("Reshape", [b.op("Transpose", [b.op("MatMul", [att, v])], perm=[0, 2, 1, 3]), b.ints([1, 16, c])])
+    y = b.op("ReduceSum", [b.matmul(o, c, 5), b.ints([1])], keepdims=0)
+    b.output(y)
+    m = b.model()
+    rep = check_random_plans(m, n=6)
+    qkv_group = next(g for g in rep.groups if g.channels == d)
+    # head dim j of q, k and v in every head is one channel: a fused projection must stay [3, heads, d']
+    assert qkv_group.prunable and all(len(x) == 3 * heads for x in qkv_group.atoms)
+    pruned, _ = onnxprune.prune(m, plan=onnxprune.PruningPlan({qkv_group.id: [0, 2]}))
+    shapes = sorted(tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2)
+    assert shapes == sorted([(c, 3 * heads * (d - 2)), (heads * (d - 2), 5)])

@@ -10,6 +10,16 @@ from .actions import Action
 from .group import Source
 
 
+def _keep_one_axis(raw: np.ndarray) -> np.ndarray:
+    """Compress every axis but the first non-trivial one (a single class spread over a channel axis)."""
+    axis = next(ax for ax, d in enumerate(raw.shape) if d > 1)
+    index = [0] * raw.ndim
+    index[axis] = slice(None)
+    shape = [1] * raw.ndim
+    shape[axis] = raw.shape[axis]
+    return np.ascontiguousarray(raw[tuple(index)]).reshape(shape)
+
+
 class Context:
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -43,7 +53,10 @@ class Context:
         """Store a tensor's labels, enforcing the invariants the rewriter relies on."""
         if not name or L.is_empty(labels):
             return
-        labels = L.compress(np.asarray(labels, dtype=np.int64))
+        raw = np.asarray(labels, dtype=np.int64)
+        labels = L.compress(raw)
+        if labels.size == 1 and raw.size > 1:  # one class over several positions: keep the axis
+            labels = _keep_one_axis(raw)
         shape = self.shape(name)
         if shape is None or len(shape) != labels.ndim or any(d not in (1, s) for d, s in zip(labels.shape, shape)):
             self.freeze(labels, f"shape of '{name}' is unknown or does not match its channels")
@@ -54,27 +67,48 @@ class Context:
         axes = L.labelled_axes(labels)
         if len(axes) > 1:
             labels = self._make_rectangular(labels, axes)
-            if labels is None:
+            if labels is None or labels.size == 1:
                 return
         self._labels[name] = labels
 
     def _make_rectangular(self, labels: np.ndarray, axes: list[int]) -> np.ndarray | None:
-        # Channels spread over several axes (e.g. [groups, channels/group] inside a channel shuffle) must go
-        # as whole slices along one axis, or the tensor stops being rectangular. If the coupled classes
-        # already depend on one axis only, nothing to do; otherwise couple along the last such axis.
-        if np.all(labels >= 0):
-            roots = np.vectorize(self.uf.find, otypes=[np.int64])(labels)
-            if len(L.labelled_axes(L.compress(roots))) <= 1:
-                return labels
-        last = axes[-1]
-        cols = np.moveaxis(labels, last, -1).reshape(-1, labels.shape[last])
-        for j in range(cols.shape[1]):
-            col = cols[:, j]
-            if np.any(col < 0) and np.any(col >= 0):
+        # Channels spread over several axes (e.g. [groups, channels/group] inside a channel shuffle, or
+        # [q/k/v, heads, head_dim] after a fused projection) must go as whole slices along one axis, or
+        # the tensor stops being rectangular. If the coupled classes already depend on one axis only,
+        # nothing to couple; otherwise couple along the last such axis. Either way the labels are then
+        # replaced by one representative atom per class, so the axes no plan can shrink drop out.
+        if np.any(labels < 0):
+            last = axes[-1]
+            cols = np.moveaxis(labels, last, -1).reshape(-1, labels.shape[last])
+            if np.any((cols < 0).any(0) & (cols >= 0).any(0)):
                 self.freeze(labels, "channels interleave with unprunable positions across axes")
                 return None
-            self.uf.union_arrays(col, col[:1])
-        return labels
+        roots = self._roots(labels)
+        if len(L.labelled_axes(L.compress(roots))) > 1:
+            last = axes[-1]
+            cols = np.moveaxis(labels, last, -1).reshape(-1, labels.shape[last])
+            for j in range(cols.shape[1]):
+                self.uf.union_arrays(cols[:, j], cols[:1, j])
+            roots = self._roots(labels)
+        roots = L.compress(roots)
+        # a tensor whose positions all fall in one class keeps its atoms (the class stays protected from
+        # emptying it by the allocator) rather than collapsing to a label without an axis
+        return roots if roots.size > 1 else labels
+
+    def _roots(self, labels: np.ndarray) -> np.ndarray:
+        flat = labels.reshape(-1)
+        out = np.array([self.uf.find(int(a)) if a >= 0 else -1 for a in flat], dtype=np.int64)
+        return out.reshape(labels.shape)
+
+    def fixed_axis(self, labels: np.ndarray, axis: int) -> bool:
+        """True when no plan can shrink ``axis``: every class spans the whole axis (e.g. the q/k/v axis of
+        a fused qkv projection, whose entries were coupled into one class per head dim)."""
+        if labels.shape[axis] == 1:
+            return True
+        if np.any(labels < 0):
+            return False
+        roots = self._roots(labels)
+        return bool(np.all(roots == np.take(roots, [0], axis=axis)))
 
     def source(self, node: onnx.NodeProto, output: str, axis: int, n: int, weight: str, weight_axis: int) -> np.ndarray | None:
         """Create ``n`` fresh atoms for a node's output channels (on ``axis`` of ``output``)."""

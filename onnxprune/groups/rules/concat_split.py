@@ -67,9 +67,14 @@ def split(node, ctx) -> None:
     if lab is None or shape is None:
         return ctx.freeze_inputs(node, f"Split '{node.name}': sizes are computed from channels")
     axis = int(attr(node, "axis", 0)) % lab.ndim
-    if axis not in L.labelled_axes(lab):
-        for o in node.output:
-            ctx.set(o, lab)
+    if axis not in L.labelled_axes(lab) or ctx.fixed_axis(lab, axis):
+        found = _split_sizes(node, ctx, len(node.output), shape[axis])
+        if found is None:
+            return ctx.freeze(lab, f"Split '{node.name}': computed sizes")
+        offsets = np.cumsum([0] + found[1])
+        for k, o in enumerate(node.output):
+            part = lab if lab.shape[axis] == 1 else np.take(lab, np.arange(offsets[k], offsets[k + 1]), axis=axis)
+            ctx.set(o, part)
         return
     found = _split_sizes(node, ctx, len(node.output), shape[axis])
     if found is None or L.labelled_axes(lab) != [axis]:
@@ -124,6 +129,9 @@ def slice_(node, ctx) -> None:
     for k, (s, e, a, st) in enumerate(zip(*params)):
         if a not in L.labelled_axes(lab):
             continue
+        if ctx.fixed_axis(lab, a):  # no plan shrinks this axis: plain slicing of the labels
+            out = np.take(out, np.arange(*slice(s, e, st).indices(shape[a])), axis=a)
+            continue
         if st != 1:
             return ctx.freeze(lab, f"Slice '{node.name}': strided slice of a channel axis")
         s, e = _normalise_range(s, e, shape[a])
@@ -161,7 +169,9 @@ def gather(node, ctx) -> None:
         return ctx.freeze_inputs(node, f"Gather '{node.name}': channels reach its indices")
     axis = int(attr(node, "axis", 0)) % lab.ndim
     idx = ctx.const(idx_name)
-    if axis not in L.labelled_axes(lab):
+    if axis not in L.labelled_axes(lab) or (idx is not None and ctx.fixed_axis(lab, axis)):
+        if idx is not None and lab.shape[axis] > 1:  # fixed axis: labels follow the data, no rewrite
+            return ctx.set(node.output[0], np.take(lab, np.asarray(idx, dtype=np.int64), axis=axis))
         shape = np.shape(idx) if idx is not None else ctx.shape(idx_name)
         if shape is None:
             return ctx.freeze(lab, f"Gather '{node.name}': index shape unknown")

@@ -46,6 +46,8 @@ def matmul(node, ctx) -> None:
     lab = ctx.labels(a)
     out = node.output[0]
     rank = ctx.rank(out)
+    if B is None and ctx.const(a) is None and rank is not None and min(ctx.rank(a) or 0, ctx.rank(b) or 0) >= 2:
+        return _matmul_activations(node, ctx)
     if B is None or B.ndim != 2 or rank is None or ctx.rank(a) is None or ctx.rank(a) < 2:
         return ctx.freeze_inputs(node, f"MatMul '{node.name}': second input is not a constant matrix")
     ra = ctx.rank(a)
@@ -67,3 +69,28 @@ def matmul(node, ctx) -> None:
         ctx.freeze(out_lab, f"MatMul '{node.name}': rows and columns both carry channels")
         return
     ctx.set(out, out_lab if out_lab is not None else passed)
+
+
+def _matmul_activations(node, ctx) -> None:
+    """A @ B of two activations (attention): the contracted axis of A and B must lose the same channels
+    (q.k over head dims), which is exact under masking; rows of A and columns of B pass through."""
+    a, b = node.input[0], node.input[1]
+    la, lb = ctx.labels(a), ctx.labels(b)
+    rank = ctx.rank(node.output[0])
+    la = None if la is None else la.reshape((1,) * (rank - la.ndim) + la.shape)
+    lb = None if lb is None else lb.reshape((1,) * (rank - lb.ndim) + lb.shape)
+    ka = la is not None and la.shape[-1] > 1
+    kb = lb is not None and lb.shape[-2] > 1
+    if ka != kb:  # only one side could be sliced
+        return ctx.freeze_inputs(node, f"MatMul '{node.name}': channels on one side of a contraction only")
+    if ka:
+        ctx.couple(np.take(la, [0], axis=-2)[..., 0, :], np.take(lb, [0], axis=-1)[..., :, 0])
+        ctx.terminal(node, 0, la)
+    if (ka and len(L.labelled_axes(la)) > 1) or (kb and len(L.labelled_axes(lb)) > 1):
+        return ctx.freeze_inputs(node, f"MatMul '{node.name}': channels on the contraction and another axis")
+    rows = None if la is None or ka else la  # after the contraction only non-contracted labels survive
+    cols = None if lb is None or kb else lb
+    if rows is not None and cols is not None and np.any(rows >= 0) and np.any(cols >= 0):
+        return ctx.freeze_inputs(node, f"MatMul '{node.name}': rows and columns both carry channels")
+    out = rows if rows is not None and np.any(rows >= 0) else cols
+    ctx.set(node.output[0], out)
