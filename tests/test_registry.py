@@ -138,6 +138,7 @@ RECIPES = {
     "ConvTranspose": ("pass", lambda b, t: b.op("ConvTranspose", [t, b.const(np.random.rand(8, 5, 2, 2).astype(np.float32))], strides=[2, 2])),
     "Gemm": ("pass", lambda b, t: b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [t])]), 8, 5)),
     "MatMul": ("pass", lambda b, t: b.matmul(b.op("Transpose", [t], perm=[0, 2, 3, 1]), 8, 5)),
+    "Einsum": ("pass", lambda b, t: b.op("Einsum", [t, b.const(np.random.rand(8, 5).astype(np.float32))], equation="nchw,cd->ndhw")),
     "If": ("freeze", subgraph_if),
     "Loop": ("freeze", subgraph_loop),
     "Scan": ("freeze", subgraph_scan),
