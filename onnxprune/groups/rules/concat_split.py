@@ -67,14 +67,17 @@ def split(node, ctx) -> None:
     if lab is None or shape is None:
         return ctx.freeze_inputs(node, f"Split '{node.name}': sizes are computed from channels")
     axis = int(attr(node, "axis", 0)) % lab.ndim
-    if axis not in L.labelled_axes(lab) or ctx.fixed_axis(lab, axis):
+    if axis not in L.labelled_axes(lab):
+        for o in node.output:
+            ctx.set(o, lab)
+        return
+    if ctx.fixed_axis(lab, axis):  # no plan shrinks this axis: the parts keep their sizes
         found = _split_sizes(node, ctx, len(node.output), shape[axis])
         if found is None:
             return ctx.freeze(lab, f"Split '{node.name}': computed sizes")
         offsets = np.cumsum([0] + found[1])
         for k, o in enumerate(node.output):
-            part = lab if lab.shape[axis] == 1 else np.take(lab, np.arange(offsets[k], offsets[k + 1]), axis=axis)
-            ctx.set(o, part)
+            ctx.set(o, np.take(lab, np.arange(offsets[k], offsets[k + 1]), axis=axis))
         return
     found = _split_sizes(node, ctx, len(node.output), shape[axis])
     if found is None or L.labelled_axes(lab) != [axis]:
