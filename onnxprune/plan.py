@@ -16,6 +16,8 @@ class PruningPlan:
 
     remove: dict[int, list[int]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    # what a loaded plan says about each group (sources, channels), checked against the model it is applied to
+    expect: dict[int, dict] = field(default_factory=dict, repr=False)
 
     def to_json(self, analysis: Analysis | None = None) -> dict:
         groups = []
@@ -35,9 +37,7 @@ class PruningPlan:
             remove = {int(g["id"]): [int(c) for c in g["remove"]] for g in data["groups"]}
         except (KeyError, TypeError, ValueError) as e:
             raise OnnxPruneError(f"malformed plan: {e}") from None
-        plan = cls(remove, dict(data.get("meta", {})))
-        plan._expect = {int(g["id"]): g for g in data["groups"]}
-        return plan
+        return cls(remove, dict(data.get("meta", {})), {int(g["id"]): g for g in data["groups"]})
 
     def save(self, path: str, analysis: Analysis | None = None) -> None:
         with open(path, "w") as f:
@@ -53,13 +53,12 @@ class PruningPlan:
 
     def validate(self, analysis: Analysis) -> None:
         """Refuse a plan that does not fit this model's groups (wrong model, frozen group, bad index)."""
-        expect = getattr(self, "_expect", {})
         for gid, chans in self.remove.items():
             if not 0 <= gid < len(analysis.groups):
                 raise OnnxPruneError(f"plan names group {gid}, but the model has {len(analysis.groups)} groups")
             g = analysis.groups[gid]
-            e = expect.get(gid, {})
-            if "sources" in e and list(e["sources"]) != list(g.sources):
+            e = self.expect.get(gid, {})
+            if "channels" in e and int(e["channels"]) != g.channels or "sources" in e and list(e["sources"]) != list(g.sources):
                 raise OnnxPruneError(f"plan group {gid} was made for sources {e['sources'][:2]}..., not this model's")
             if chans and not g.prunable:
                 raise OnnxPruneError(f"plan removes channels of frozen group {gid} ({g.reason})")

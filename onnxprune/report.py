@@ -21,13 +21,9 @@ class AnalysisReport:
     @property
     def prunable_channel_fraction(self) -> float:
         total = self.analysis.source_channels
-        prunable = sum(s.n for s in self.analysis.sources if self._group_of(s.node).prunable)
+        ok = {name for g in self.groups if g.prunable for name in g.sources}
+        prunable = sum(s.n for s in self.analysis.sources if s.node in ok)
         return prunable / total if total else 0.0
-
-    def _group_of(self, source_name: str):
-        if not hasattr(self, "_by_source"):
-            self._by_source = {s: g for g in self.groups for s in g.sources}
-        return self._by_source[source_name]
 
     def to_json(self) -> dict:
         return {
