@@ -113,6 +113,8 @@ RECIPES = {
     "GlobalMaxPool": ("pass", unary("GlobalMaxPool")),
     "GlobalLpPool": ("pass", unary("GlobalLpPool")),
     "MaxRoiPool": ("pass", roi("MaxRoiPool")),
+    "RoiAlign": ("pass", lambda b, t: b.op("RoiAlign", [t, b.const(np.array([[0, 0, 3, 3], [1, 1, 5, 4]], dtype=np.float32)),
+                                                    b.ints([0, 0])], output_height=2, output_width=2)),
     "Resize": ("pass", lambda b, t: b.op("Resize", [t, "", "", b.ints([1, 8, 9, 9])], mode="linear")),
     "Pad": ("pass", lambda b, t: b.op("Pad", [t, b.ints([0, 0, 1, 2, 0, 0, 2, 1])], mode="reflect")),
     **{op: ("pass", unary(op, axes=[2, 3], keepdims=1)) for op in (

@@ -21,7 +21,8 @@ def _spatial_only(node, ctx, lab) -> bool:
     return True
 
 
-@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool")
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool",
+      "RoiAlign")
 def pool(node, ctx) -> None:
     lab = ctx.labels(node.input[0])
     if lab is None:  # only the RoIs carry channels
