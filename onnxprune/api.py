@@ -10,6 +10,7 @@ import onnx
 from .allocation import check_ratio, uniform_plan
 from .count import count
 from .criteria import get_criterion, group_scores
+from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
 from .groups import analyse
 from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_model
@@ -46,6 +47,17 @@ def _group_macs(graph: Graph, analysis, counts) -> None:
             analysis.groups[gid].macs += counts.per_node.get(node, 0)
 
 
+def evaluate(model, data, reference=None, input_shapes=None, progress: bool = False) -> dict:
+    """Top-1/top-5 on labelled data; agreement, |diff| and KL against ``reference`` when given."""
+    from .evaluation import evaluate as _evaluate
+
+    graph = model if isinstance(model, Graph) else load(model, input_shapes)
+    ref = None
+    if reference is not None:
+        ref = reference if isinstance(reference, Graph) else load(reference, input_shapes)
+    return _evaluate(graph, as_data(data), ref, progress)
+
+
 def analyze(model, input_shapes=None, exclude=()) -> AnalysisReport:
     graph = model if isinstance(model, Graph) else load(model, input_shapes)
     analysis = analyse(graph, tuple(exclude))
@@ -55,15 +67,23 @@ def analyze(model, input_shapes=None, exclude=()) -> AnalysisReport:
     return AnalysisReport(analysis, counts, path, graph)
 
 
-def score_groups(graph: Graph, analysis, criterion: str = "l1", combine: str = "sum", seed: int = 0, **opts) -> dict[int, np.ndarray]:
+def as_data(data) -> DataSpec | None:
+    """A DataSpec from a spec string, an iterable of feed dicts or a CalibrationDataReader."""
+    if data is None or isinstance(data, DataSpec):
+        return data
+    return DataSpec(source=data)
+
+
+def score_groups(graph: Graph, analysis, criterion: str = "l1", combine: str = "sum", seed: int = 0,
+                 data=None, **opts) -> dict[int, np.ndarray]:
     crit = get_criterion(criterion)
-    atom_scores = crit.fn(graph, analysis, seed=seed, **opts)
+    atom_scores = crit.fn(graph, analysis, seed=seed, data=as_data(data), **opts)
     return {g.id: group_scores(atom_scores, g.atoms, combine) for g in analysis.groups if g.prunable}
 
 
 def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1, min_channels: int = 1,
           exclude=(), input_shapes=None, plan: PruningPlan | None = None, verify_rewrite: bool = True,
-          combine: str = "sum", seed: int = 0) -> tuple[onnx.ModelProto, PruneReport]:
+          combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
     instead of scoring and allocating."""
     t0 = time.perf_counter()
@@ -74,7 +94,7 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
     timings = {"analyze": time.perf_counter() - t0}
     if plan is None:
         t = time.perf_counter()
-        scores = score_groups(graph, analysis, criterion, combine, seed)
+        scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu)
         plan = uniform_plan(analysis, scores, ratio, round_to, min_channels)
         plan.meta.update(criterion=criterion, ratio=ratio, round_to=round_to, min_channels=min_channels, combine=combine)
         timings["score_allocate"] = time.perf_counter() - t
@@ -111,4 +131,4 @@ def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     entry.key, entry.value = "onnxprune", "pruned"
 
 
-__all__ = ["load", "analyze", "prune", "score_groups", "OnnxPruneError"]
+__all__ = ["load", "analyze", "prune", "score_groups", "evaluate", "OnnxPruneError"]

@@ -31,12 +31,18 @@ def uniform_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float
     if round_to < 1 or min_channels < 1:
         raise OnnxPruneError("--round-to and --min-channels must be at least 1")
     plan = PruningPlan()
+    unscored = []
     for g in analysis.groups:
         if not g.prunable:
+            continue
+        if np.isnan(scores[g.id]).any():  # the criterion cannot rank this group: leave it whole, say so
+            unscored.append(g.id)
             continue
         n_remove = g.channels - kept_count(g.channels, ratio, round_to, min_channels)
         if n_remove <= 0:
             continue
         order = np.argsort(scores[g.id], kind="stable")  # least important first
         plan.remove[g.id] = sorted(int(c) for c in order[:n_remove])
+    if unscored:
+        plan.meta["unscored_groups"] = unscored
     return restore_emptied(analysis, plan, scores)

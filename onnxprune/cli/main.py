@@ -11,6 +11,7 @@ import sys
 
 from ..errors import OnnxPruneError
 from . import analyze, demo, prune
+from . import eval as eval_cmd
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     analyze.register(sub)
     prune.register(sub)
+    eval_cmd.register(sub)
     demo.register(sub)
     return p
 

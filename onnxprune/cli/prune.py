@@ -26,7 +26,7 @@ def _ratio(text: str) -> float:
 
 
 def register(sub) -> None:
-    from .common import add_model_args, add_selection_args
+    from .common import add_data_args, add_model_args, add_selection_args
 
     p = sub.add_parser("prune", help="prune channels and write a smaller model that verifies exact",
                        description="Prune channels of an ONNX model. Every rewrite is verified against the original "
@@ -46,6 +46,8 @@ def register(sub) -> None:
     p.add_argument("--report", metavar="FILE.json", help="write the report (MACs/params before/after, kept/removed)")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data (automatic over 2 GB)")
+    p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
+    add_data_args(p)
     p.set_defaults(func=run)
 
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import prune
     from ..plan import PruningPlan
     from ..save import check_output_path, save_json, save_model
+    from .common import data_spec
 
     check_output_path(args.output, [args.model])
     if args.round_to < 1 or args.min_channels < 1:
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     plan = PruningPlan.load(args.plan) if args.plan else None
     model, report = prune(args.model, args.criterion, args.ratio, round_to=args.round_to,
                           min_channels=args.min_channels, exclude=args.exclude, input_shapes=args.input_shape,
-                          plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed)
+                          plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed,
+                          data=data_spec(args), nu=args.nu)
     if not any(g["prunable"] for g in report.groups):
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)

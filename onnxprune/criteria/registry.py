@@ -45,4 +45,10 @@ def group_scores(atom_scores: np.ndarray, atoms: list[np.ndarray], combine: str 
     if combine not in COMBINE:
         raise OnnxPruneError(f"unknown --combine '{combine}'; choose from {', '.join(COMBINE)}")
     f = COMBINE[combine]
-    return np.array([f(atom_scores[a]) for a in atoms], dtype=np.float64)
+    out = np.full(len(atoms), np.nan)
+    for k, a in enumerate(atoms):
+        vals = atom_scores[a]
+        vals = vals[~np.isnan(vals)]  # an atom the criterion cannot see (no BN, never consumed) abstains
+        if len(vals):
+            out[k] = f(vals)
+    return out

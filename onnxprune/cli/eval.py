@@ -1,0 +1,29 @@
+"""``onnxprune eval``: accuracy on labelled data and agreement with a reference model."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    from .common import add_data_args, add_model_args
+
+    p = sub.add_parser("eval", help="top-1/top-5 on data; agreement, |diff| and KL against --reference",
+                       description="Evaluate a model on data (streamed).")
+    add_model_args(p)
+    add_data_args(p, "--data", required=True)
+    p.add_argument("--reference", help="original model to compare against (top-1 agreement, |diff|, KL)")
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import evaluate
+    from ..save import save_json
+    from .common import data_spec
+
+    res = evaluate(args.model, data_spec(args, "data"), args.reference, args.input_shape, progress=True)
+    print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in res.items()}))
+    if args.json:
+        save_json(res, args.json)
+    return 0

@@ -1,0 +1,157 @@
+"""Criteria that look at weights or data, and the data sources they read."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from graphs import G
+from onnxprune.errors import OnnxPruneError
+
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_256.npz")
+
+
+def two_layer(dead: int | None = None, duplicate_median: bool = False):
+    """x -> Conv(4->6) -> Relu -> Conv(6->3); optionally channel ``dead`` never fires (weights 0, bias -1)."""
+    b = G(shape=(1, 4, 6, 6))
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    bias = np.abs(rng.standard_normal(6)).astype(np.float32)
+    if dead is not None:
+        w[dead] = 0.0
+        bias[dead] = -1.0  # ReLU output is always 0: APoZ 1
+    if duplicate_median:
+        # filters 1..5 spread around filter 0, which sits at their mean (the geometric median of the set)
+        base = rng.standard_normal((4, 3, 3)).astype(np.float32)
+        offsets = rng.standard_normal((5, 4, 3, 3)).astype(np.float32) * 3
+        offsets -= offsets.mean(0)
+        w[0] = base
+        w[1:] = base + offsets
+    a = b.op("Relu", [b.op("Conv", [b.x, b.const(w), b.const(bias)], pads=[1, 1, 1, 1], kernel_shape=[3, 3])])
+    b.nodes[-2].name = "a"
+    b.output(b.conv(a, 6, 3, name="head"))
+    return b.model()
+
+
+def removed(report):
+    return report.plan["groups"][0]["remove"]
+
+
+def test_dead_channel_has_apoz_one_and_goes_first():
+    m = two_layer(dead=4)
+    rep = onnxprune.analyze(m)
+    from onnxprune.criteria.activation import activation_stats
+
+    z, mag = activation_stats(rep.graph, rep.analysis, onnxprune.DataSpec("random:64", batch_size=16))
+    src = rep.analysis.sources[0]
+    assert z[src.base + 4] == 1.0 and mag[src.base + 4] == 0.0
+    assert np.all(z[src.base:src.base + 6][[0, 1, 2, 3, 5]] < 1.0)
+    for crit in ("apoz", "mean-act"):
+        _, r = onnxprune.prune(m, criterion=crit, ratio=0.2, data="random:64")
+        assert removed(r) == [4]
+
+
+def test_fpgm_removes_the_geometric_median():
+    m = two_layer(duplicate_median=True)
+    _, r = onnxprune.prune(m, criterion="fpgm", ratio=0.2)
+    assert removed(r) == [0]
+
+
+def test_l1_and_l2_remove_the_smallest_filter():
+    m = two_layer(dead=2)
+    for crit in ("l1", "l2"):
+        _, r = onnxprune.prune(m, criterion=crit, ratio=0.2)
+        assert removed(r) == [2]
+
+
+def test_weak_layer_penalises_low_spread_layers():
+    b = G(shape=(1, 4, 6, 6))
+    rng = np.random.default_rng(1)
+    spread = rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * np.arange(1, 9)[:, None, None, None]
+    uniform = (rng.standard_normal((8, 8, 3, 3)) * 0.01 + 1).astype(np.float32)
+    a = b.op("Relu", [b.op("Conv", [b.x, b.const(spread)], pads=[1, 1, 1, 1])])
+    b.nodes[-2].name = "strong"
+    c = b.op("Relu", [b.op("Conv", [a, b.const(uniform)], pads=[1, 1, 1, 1])])
+    b.nodes[-2].name = "weak"
+    b.output(b.conv(c, 8, 2))
+    rep = onnxprune.analyze(b.model())
+    from onnxprune.criteria.geometry import weak_layer
+
+    z = weak_layer(rep.graph, rep.analysis, nu=0.5)
+    strong, weak = rep.analysis.sources[0], rep.analysis.sources[1]
+    zs, zw = z[strong.base:strong.base + 8], z[weak.base:weak.base + 8]
+    plain = weak_layer(rep.graph, rep.analysis, nu=1.0)[weak.base:weak.base + 8]
+    np.testing.assert_allclose(zw, 0.5 * plain)  # only the weak (low-spread) layer is scaled by nu
+    np.testing.assert_allclose(zs, weak_layer(rep.graph, rep.analysis, nu=1.0)[strong.base:strong.base + 8])
+
+
+def test_bn_criterion_needs_batchnorm(shared_models):
+    with pytest.raises(OnnxPruneError, match="no BatchNormalization"):
+        onnxprune.prune(os.path.join(shared_models, "resnet20.onnx"), criterion="bn")
+    b = G()
+    a = b.op("Relu", [b.bn(b.conv(b.x, 4, 8, name="a"), 8)])
+    b.output(b.conv(a, 8, 2))
+    m = b.model()
+    gamma = next(t for t in m.graph.initializer if t.name == m.graph.node[1].input[1])
+    g = onnx.numpy_helper.to_array(gamma)
+    _, r = onnxprune.prune(m, criterion="bn", ratio=0.25)
+    assert removed(r) == sorted(np.argsort(np.abs(g))[:2].tolist())
+
+
+def test_eval_matches_published_accuracy(shared_models):
+    acc = onnxprune.evaluate(os.path.join(shared_models, "resnet20.onnx"), SAMPLES)
+    assert acc["samples"] == 256 and acc["top1"] > 85
+    same = onnxprune.evaluate(os.path.join(shared_models, "resnet20.onnx"), SAMPLES,
+                              reference=os.path.join(shared_models, "resnet20_dynamo.onnx"))
+    assert same["top1_agreement"] == 100.0 and same["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("source,match", [
+    ("random:0", "random:N"),
+    ("nowhere.npz", "not found"),
+    ("no.such.module:fn", "cannot import"),
+])
+def test_bad_data_sources(source, match, shared_models):
+    with pytest.raises(OnnxPruneError, match=match):
+        onnxprune.evaluate(os.path.join(shared_models, "resnet20.onnx"), source)
+
+
+def test_data_shape_dtype_and_nan_errors(tmp_path, shared_models):
+    model = os.path.join(shared_models, "resnet20.onnx")
+    np.savez(tmp_path / "wrong.npz", input=np.zeros((4, 3, 28, 28), np.float32))
+    with pytest.raises(OnnxPruneError, match=r"has shape 4x3x28x28, the model expects \?x1x28x28"):
+        onnxprune.evaluate(model, str(tmp_path / "wrong.npz"))
+    np.savez(tmp_path / "int.npz", input=np.zeros((4, 1, 28, 28), np.int64))
+    with pytest.raises(OnnxPruneError, match="int64"):
+        onnxprune.evaluate(model, str(tmp_path / "int.npz"))
+    bad = np.zeros((4, 1, 28, 28), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", input=bad)
+    with pytest.raises(OnnxPruneError, match="NaN"):
+        onnxprune.evaluate(model, str(tmp_path / "nan.npz"))
+
+
+def test_image_folder_and_reader(tmp_path, shared_models):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        os.makedirs(tmp_path / cls)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    model = os.path.join(shared_models, "resnet20.onnx")
+    res = onnxprune.evaluate(model, onnxprune.DataSpec(str(tmp_path), batch_size=4, mean=(0.286,), std=(0.353,)))
+    assert res["samples"] == 6 and "top1" in res
+
+    class Reader:  # onnxruntime's CalibrationDataReader protocol
+        def __init__(self):
+            self.n = 2
+
+        def get_next(self):
+            self.n -= 1
+            return {"input": np.zeros((2, 1, 28, 28), np.float32)} if self.n >= 0 else None
+
+    assert onnxprune.evaluate(model, Reader())["samples"] == 4
