@@ -4,8 +4,9 @@
 
 Writes ``fmnist_calib.npz`` (``--calib`` training images, seeded choice) and ``fmnist_test.npz`` (all
 10,000 test images), each with ``input`` (float32 N x 1 x 28 x 28, normalised as the shared models were
-trained: (x/255 - 0.2860) / 0.3530) and ``labels``. The test-suite sample ``samples/fmnist_256.npz`` is
-the first 256 test images made the same way (``--sample``).
+trained: (x/255 - 0.2860) / 0.3530) and ``labels``. The test suite's samples (``--sample``) are made the
+same way: ``samples/fmnist_256.npz``, the first 256 test images (evaluation), and
+``samples/fmnist_train_256.npz``, 256 seeded training images (calibration).
 """
 from __future__ import annotations
 
@@ -43,13 +44,15 @@ def main() -> None:
     ap.add_argument("--sample", action="store_true", help="(re)write samples/fmnist_256.npz")
     args = ap.parse_args()
     xt, yt = load(args.shared, "test")
-    if args.sample:
-        np.savez_compressed(os.path.join(HERE, "samples", "fmnist_256.npz"), input=xt[:256], labels=yt[:256])
-        print("wrote samples/fmnist_256.npz")
-        return
-    os.makedirs(args.out, exist_ok=True)
     x, y = load(args.shared, "train")
     idx = np.random.default_rng(0).choice(len(x), args.calib, replace=False)
+    if args.sample:
+        np.savez_compressed(os.path.join(HERE, "samples", "fmnist_256.npz"), input=xt[:256], labels=yt[:256])
+        np.savez_compressed(os.path.join(HERE, "samples", "fmnist_train_256.npz"), input=x[idx[:256]],
+                            labels=y[idx[:256]])
+        print("wrote samples/fmnist_256.npz and samples/fmnist_train_256.npz")
+        return
+    os.makedirs(args.out, exist_ok=True)
     np.savez(os.path.join(args.out, "fmnist_calib.npz"), input=x[idx], labels=y[idx])
     np.savez(os.path.join(args.out, "fmnist_test.npz"), input=xt, labels=yt)
     print(f"wrote {args.out}/fmnist_calib.npz ({args.calib}) and fmnist_test.npz ({len(xt)})")

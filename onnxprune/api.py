@@ -83,7 +83,8 @@ def score_groups(graph: Graph, analysis, criterion: str = "l1", combine: str = "
 
 def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1, min_channels: int = 1,
           exclude=(), input_shapes=None, plan: PruningPlan | None = None, verify_rewrite: bool = True,
-          combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9) -> tuple[onnx.ModelProto, PruneReport]:
+          combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9, samples: int = 2000,
+          rescale: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
     instead of scoring and allocating."""
     t0 = time.perf_counter()
@@ -94,7 +95,7 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
     timings = {"analyze": time.perf_counter() - t0}
     if plan is None:
         t = time.perf_counter()
-        scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu)
+        scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples)
         plan = uniform_plan(analysis, scores, ratio, round_to, min_channels)
         plan.meta.update(criterion=criterion, ratio=ratio, round_to=round_to, min_channels=min_channels, combine=combine)
         timings["score_allocate"] = time.perf_counter() - t
@@ -111,6 +112,15 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
         if not res.passed:
             raise VerificationError(f"rewrite is not exact: max |diff| {res.max_abs_diff:.3e} exceeds tolerance "
                                     f"(relative {res.max_rel_diff:.3e} > {res.tolerance:.1e}); output not written")
+    rescaled: list[str] = []
+    if rescale and plan.meta.get("criterion") == "thinet" and plan.remove:
+        # after verification on purpose: the structural rewrite is proven exact first, then ThiNet's
+        # least squares deliberately changes the kept weights of the layers that lost inputs
+        from .criteria.thinet import rescale as thinet_rescale
+
+        t = time.perf_counter()
+        rescaled = thinet_rescale(graph, analysis, plan, pruned, as_data(data), samples, seed)
+        timings["rescale"] = time.perf_counter() - t
     after = count(pruned, infer_shapes(pruned, graph.input_shapes))
     groups = []
     for g in analysis.groups:
@@ -120,7 +130,7 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
                        "removed": removed, "kept": [c for c in range(g.channels) if c not in gone]})
     timings["total"] = time.perf_counter() - t0
     rep = PruneReport(report.counts, after, plan.to_json(analysis), plan.meta.get("criterion", criterion), ver,
-                      {k: round(v, 4) for k, v in timings.items()}, groups)
+                      {k: round(v, 4) for k, v in timings.items()}, groups, rescaled)
     _copy_metadata(graph.model, pruned)
     return pruned, rep
 

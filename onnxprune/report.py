@@ -63,10 +63,12 @@ class PruneReport:
     verification: dict | None = None
     timings: dict = field(default_factory=dict)
     groups: list[dict] = field(default_factory=list)
+    rescaled: list[str] = field(default_factory=list)  # consumers whose weights ThiNet's least squares changed
 
     def to_json(self) -> dict:
         return {
             "criterion": self.criterion,
+            "rescaled_consumers": self.rescaled,
             "before": self.before.to_json(),
             "after": self.after.to_json(),
             "macs_ratio": self.after.macs / max(self.before.macs, 1),

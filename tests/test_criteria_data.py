@@ -12,6 +12,7 @@ from graphs import G
 from onnxprune.errors import OnnxPruneError
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_256.npz")
+CALIB = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_train_256.npz")
 
 
 def two_layer(dead: int | None = None, duplicate_median: bool = False):
@@ -155,3 +156,40 @@ def test_image_folder_and_reader(tmp_path, shared_models):
             return {"input": np.zeros((2, 1, 28, 28), np.float32)} if self.n >= 0 else None
 
     assert onnxprune.evaluate(model, Reader())["samples"] == 4
+
+
+def test_thinet_removes_a_duplicate_and_least_squares_restores_the_output():
+    """Channel 5 duplicates channel 2 (same filter) and feeds the next layer with 0.1x channel 2's weights:
+    its contributions are the smallest, so ThiNet removes it first, and rescaling channel 2 by 1.1
+    reproduces the original output exactly."""
+    b = G(shape=(1, 4, 6, 6))
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    bias = np.abs(rng.standard_normal(6)).astype(np.float32) + 0.5
+    w[5], bias[5] = w[2], bias[2]
+    head = (rng.standard_normal((3, 6, 3, 3)) * 2).astype(np.float32)
+    head[:, 5] = 0.1 * head[:, 2]
+    a = b.op("Relu", [b.op("Conv", [b.x, b.const(w), b.const(bias)], pads=[1, 1, 1, 1], kernel_shape=[3, 3])])
+    y = b.op("Conv", [a, b.const(head)], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    b.output(y)
+    m = b.model()
+    pruned, r = onnxprune.prune(m, criterion="thinet", ratio=0.2, data="random:64", samples=500)
+    assert removed(r) == [5] and r.rescaled == [m.graph.node[2].name]
+    from helpers import feeds_for, outputs
+
+    feeds = feeds_for(m, seed=7)
+    np.testing.assert_allclose(outputs(pruned, feeds)[0], outputs(m, feeds)[0], rtol=1e-4, atol=1e-4)
+    unscaled, _ = onnxprune.prune(m, criterion="thinet", ratio=0.2, data="random:64", samples=500, rescale=False)
+    assert not np.allclose(outputs(unscaled, feeds)[0], outputs(m, feeds)[0], atol=1e-3)
+
+
+def test_thinet_beats_l1_on_a_trained_model(shared_models):
+    """The literature's claim, calibrated on 256 training images and measured on 256 test images: ThiNet +
+    least squares keeps far more accuracy than L1 at the same plan size (resnet20, 30% of every group,
+    ~47% fewer MACs)."""
+    model = os.path.join(shared_models, "resnet20.onnx")
+    acc = {}
+    for crit in ("thinet", "l1"):
+        pruned, r = onnxprune.prune(model, criterion=crit, ratio=0.3, data=CALIB, samples=1000)
+        acc[crit] = onnxprune.evaluate(pruned, SAMPLES)["top1"]
+    assert acc["thinet"] >= acc["l1"] + 5, acc

@@ -47,6 +47,8 @@ def register(sub) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data (automatic over 2 GB)")
     p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
+    p.add_argument("--samples", type=int, default=2000, help="ThiNet: reconstruction samples per consumer layer")
+    p.add_argument("--no-rescale", action="store_true", help="ThiNet: skip the least-squares rescaling")
     add_data_args(p)
     p.set_defaults(func=run)
 
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     model, report = prune(args.model, args.criterion, args.ratio, round_to=args.round_to,
                           min_channels=args.min_channels, exclude=args.exclude, input_shapes=args.input_shape,
                           plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed,
-                          data=data_spec(args), nu=args.nu)
+                          data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale)
     if not any(g["prunable"] for g in report.groups):
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
