@@ -84,7 +84,7 @@ def score_groups(graph: Graph, analysis, criterion: str = "l1", combine: str = "
 def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1, min_channels: int = 1,
           exclude=(), input_shapes=None, plan: PruningPlan | None = None, verify_rewrite: bool = True,
           combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9, samples: int = 2000,
-          rescale: bool = True) -> tuple[onnx.ModelProto, PruneReport]:
+          rescale: bool = True, target_macs: float | None = None) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
     instead of scoring and allocating."""
     t0 = time.perf_counter()
@@ -96,7 +96,12 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
     if plan is None:
         t = time.perf_counter()
         scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples)
-        plan = uniform_plan(analysis, scores, ratio, round_to, min_channels)
+        if target_macs is not None:
+            from .allocation.targets import plan_for_macs
+
+            plan, _, ratio = plan_for_macs(graph, analysis, scores, target_macs, round_to, min_channels)
+        else:
+            plan = uniform_plan(analysis, scores, ratio, round_to, min_channels)
         plan.meta.update(criterion=criterion, ratio=ratio, round_to=round_to, min_channels=min_channels, combine=combine)
         timings["score_allocate"] = time.perf_counter() - t
     t = time.perf_counter()

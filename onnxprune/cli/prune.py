@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="pruned model path (written atomically)")
     p.add_argument("--criterion", default="l1", help="channel importance: " + _criteria_help())
     p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of each prunable group's channels to remove")
+    p.add_argument("--target-macs", type=float, default=None, metavar="F",
+                   help="instead of --ratio: keep this fraction of the MACs (uniform ratio found by bisection)")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels a multiple of N (e.g. 8 for tensor cores)")
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
     p.add_argument("--combine", default="sum", choices=["sum", "mean", "max"],
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     model, report = prune(args.model, args.criterion, args.ratio, round_to=args.round_to,
                           min_channels=args.min_channels, exclude=args.exclude, input_shapes=args.input_shape,
                           plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed,
-                          data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale)
+                          data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale,
+                          target_macs=args.target_macs)
     if not any(g["prunable"] for g in report.groups):
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
