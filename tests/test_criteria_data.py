@@ -193,3 +193,20 @@ def test_thinet_beats_l1_on_a_trained_model(shared_models):
         pruned, r = onnxprune.prune(model, criterion=crit, ratio=0.3, data=CALIB, samples=1000)
         acc[crit] = onnxprune.evaluate(pruned, SAMPLES)["top1"]
     assert acc["thinet"] >= acc["l1"] + 5, acc
+
+
+@pytest.mark.parametrize("model,target", [("resnet20.onnx", 0.5), ("vgg11_dynamo.onnx", 0.65), ("mbv2.onnx", 0.8)])
+def test_target_macs_is_met(shared_models, model, target):
+    pruned, r = onnxprune.prune(os.path.join(shared_models, model), criterion="l2", target_macs=target)
+    achieved = r.after.macs / r.before.macs
+    # uniform allocation moves in whole channels of every group at once (resnet20's 16-channel groups
+    # step the MACs by ~2%), so the target is met to within 2%; a global search (open issue) does 1%
+    assert abs(achieved - target) <= 0.02 * target, achieved
+    assert r.plan["meta"]["achieved_macs"] == pytest.approx(achieved)
+
+
+def test_unreachable_target_is_a_clear_error(tmp_path):
+    b = G()
+    b.output(b.conv(b.op("Relu", [b.conv(b.x, 4, 2)]), 2, 3))  # almost nothing to prune
+    with pytest.raises(OnnxPruneError, match="cannot reach"):
+        onnxprune.prune(b.model(), target_macs=0.05)
