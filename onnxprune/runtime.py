@@ -29,3 +29,16 @@ def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
         return sess.run(outputs, feeds)
     except Exception as e:
         raise OnnxPruneError(f"onnxruntime failed to run the model: {str(e).splitlines()[0][:300]}") from None
+
+
+def session_with_outputs(model: onnx.ModelProto, names):
+    """A session that also returns the intermediate tensors ``names`` (for activation statistics)."""
+    from onnx import helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return make_session(m)

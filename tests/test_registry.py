@@ -7,7 +7,6 @@ then pruned with random plans, each verified exact.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 

@@ -9,11 +9,9 @@ negative region. Batches stream through one session; only per-channel sums are k
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from ..errors import OnnxPruneError
-from ..runtime import make_session
+from ..runtime import session_with_outputs
 from .registry import criterion
 
 
@@ -32,14 +30,8 @@ def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
     if data is None:
         raise OnnxPruneError("this criterion needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")
     tensors = consumed_tensors(graph, analysis)
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    have = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in have:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = make_session(model)
     names = list(tensors)
+    sess = session_with_outputs(graph.model, names)
     n_atoms = len(analysis.roots)
     zeros, mags, counts = np.zeros(n_atoms), np.zeros(n_atoms), np.zeros(n_atoms)
     from tqdm import tqdm

@@ -13,11 +13,11 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ..errors import OnnxPruneError
 from ..groups.rules._util import attr
-from ..runtime import make_session
+from ..runtime import session_with_outputs
 from .registry import criterion
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,8 @@ def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[s
     if data is None:
         raise OnnxPruneError("thinet needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")
     consumers = _consumers(graph, analysis)
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    have = {o.name for o in model.graph.output}
     names = sorted({node.input[0] for node, _ in consumers})
-    for name in names:
-        if name not in have:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = make_session(model)
+    sess = session_with_outputs(graph.model, names)
     batches = list(open_data(data, graph))  # reading twice would double the I/O; only inputs are kept
     per_batch = max(1, -(-samples // len(batches)))
     rng = np.random.default_rng(seed)
