@@ -339,3 +339,15 @@ def test_attention_head_dims_are_prunable():
     pruned, _ = onnxprune.prune(m, plan=onnxprune.PruningPlan({qkv_group.id: [0, 2]}))
     shapes = sorted(tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2)
     assert shapes == sorted([(c, 3 * heads * (d - 2)), (heads * (d - 2), 5)])
+
+
+def test_expand_as_follows_the_pruned_shape():
+    """F.normalize-style x / norm(x).expand_as(x): the Expand target is Shape(x), read at run time."""
+    b = G()
+    a = b.conv(b.x, 4, 8, name="a")
+    norm = b.op("ReduceL2", [a], axes=[1], keepdims=1)  # sum-like over channels: exact under masking
+    expanded = b.op("Expand", [norm, b.op("Shape", [a])])
+    y = b.conv(b.op("Div", [a, b.op("Add", [expanded, b.const(np.float32(1e-3))])]), 8, 2, name="head")
+    b.output(y)
+    rep = check_random_plans(b.model())
+    assert group_of(rep, "a").prunable

@@ -108,6 +108,8 @@ def expand(node, ctx) -> None:
     lab = ctx.labels(node.input[0])
     out = node.output[0]
     rank, target = ctx.rank(out), ctx.const(inp(node, 1))
+    if inp(node, 1) in ctx.shape_of and ctx.shape_of[inp(node, 1)][1] == 0 and rank is not None:
+        return _expand_as(node, ctx, lab, rank)
     if lab is None or rank is None or target is None:
         return ctx.freeze_inputs(node, f"Expand '{node.name}': target shape computed")
     lab = lab.reshape((1,) * (rank - lab.ndim) + lab.shape)
@@ -116,6 +118,26 @@ def expand(node, ctx) -> None:
     if entries:
         ctx.act(Action("counts", node.name, input=1, entries=entries))
     ctx.set(out, lab)
+
+
+def _expand_as(node, ctx, lab, rank) -> None:
+    """``x.expand_as(y)``: Expand to Shape(y). The target follows y's pruned shape at run time, so the
+    output simply carries y's channels (coupled with x's where x has them), like a broadcast."""
+    other = ctx.shape_of[node.input[1]][0]
+    if ctx.rank(other) != rank:
+        return ctx.freeze_inputs(node, f"Expand '{node.name}': expands to the shape of a tensor of another rank")
+    ylab = ctx.labels(other)
+    xlab = None if lab is None else lab.reshape((1,) * (rank - lab.ndim) + lab.shape)
+    shape_x = ctx.shape(node.input[0])
+    if ylab is not None and xlab is None and shape_x is not None:
+        offset = rank - len(shape_x)
+        if any(ax >= offset and shape_x[ax - offset] > 1 for ax in L.labelled_axes(ylab)):
+            return ctx.freeze_inputs(node, f"Expand '{node.name}': unlabelled input has the channel dim")
+    if xlab is not None and ylab is not None:
+        ctx.couple(xlab, ylab)
+        ctx.set(node.output[0], np.where(xlab >= 0, xlab, ylab))
+    else:
+        ctx.set(node.output[0], xlab if xlab is not None else ylab)
 
 
 @rule("Tile")
