@@ -346,8 +346,9 @@ def test_expand_as_follows_the_pruned_shape():
     b = G()
     a = b.conv(b.x, 4, 8, name="a")
     norm = b.op("ReduceL2", [a], axes=[1], keepdims=1)  # sum-like over channels: exact under masking
-    expanded = b.op("Expand", [norm, b.op("Shape", [a])])
-    y = b.conv(b.op("Div", [a, b.op("Add", [expanded, b.const(np.float32(1e-3))])]), 8, 2, name="head")
+    clamped = b.op("Clip", [norm, b.const(np.float32(1e-3))])
+    expanded = b.op("Expand", [clamped, b.op("Shape", [a])])  # folded to a constant target: edited
+    y = b.conv(b.op("Div", [a, expanded]), 8, 2, name="head")
     b.output(y)
     rep = check_random_plans(b.model())
     assert group_of(rep, "a").prunable

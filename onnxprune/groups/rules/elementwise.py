@@ -59,9 +59,31 @@ def broadcast(node, ctx) -> None:
         if not hit:
             continue
         if ctx.const(name) is None:
+            if _broadcast_by_expand(ctx, name, hit, rank, combined):
+                continue
             return ctx.freeze(combined, f"{node.op_type} '{node.name}': input '{name}' has the channel dim but is computed")
         for ax in hit:
             ctx.act(Action("slice_param", node.name, labels=combined, axis=ax, input=k, param_axis=ax - offset))
     for o in node.output:
         if o:
             ctx.set(o, combined)
+
+
+def _broadcast_by_expand(ctx, name, axes, rank, labels) -> bool:
+    """An Expand with a constant target that only broadcasts a size-1 axis up to the channel count
+    (``norm.expand_as(x)`` after shape folding) follows the channels it meets: its target is edited."""
+    prod = ctx.graph.producer.get(name)
+    if prod is None or prod.op_type != "Expand" or ctx.const(prod.input[1]) is None:
+        return False
+    src = ctx.shape(prod.input[0])
+    target = ctx.const(prod.input[1])
+    if src is None or ctx.labels(prod.input[0]) is not None or len(ctx.graph.consumers.get(name, [])) != 1:
+        return False
+    offset_src, offset_t = rank - len(src), rank - len(target)
+    entries = {}
+    for ax in axes:
+        if ax - offset_t < 0 or (ax - offset_src >= 0 and src[ax - offset_src] != 1):
+            return False
+        entries[ax - offset_t] = (labels, ax)
+    ctx.act(Action("counts", prod.name, input=1, entries=entries))
+    return True
