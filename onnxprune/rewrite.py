@@ -56,6 +56,26 @@ class _Editor:
         self.model = model
         self.nodes = {n.name: n for n in model.graph.node}
         self.new_inits: dict[str, np.ndarray] = {}
+        self.edited: dict[tuple, int] = {}  # (node, input or attribute, entry) -> value written
+
+    def private_copy(self, node: onnx.NodeProto, user: str) -> onnx.NodeProto:
+        """A copy of shared shape-building ``node`` that only ``user`` reads (inserted right after it)."""
+        name = f"{node.name}.for.{user}"
+        if name not in self.nodes:
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = name
+            del clone.output[:]
+            clone.output.append(f"{node.output[0]}.for.{user}")
+            nodes = self.model.graph.node
+            at = next(i for i, n in enumerate(nodes) if n.name == node.name)
+            nodes.insert(at + 1, clone)
+            self.nodes[name] = nodes[at + 1]  # protobuf copied it in: edit the one in the graph
+            target = self.nodes[user]
+            for k, i in enumerate(target.input):
+                if i == node.output[0]:
+                    target.input[k] = clone.output[0]
+        return self.nodes[name]
 
     def value(self, node: onnx.NodeProto, k: int) -> np.ndarray:
         name = node.input[k]
@@ -104,12 +124,19 @@ def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
     if act.kind == "set_group":
         _set_attr(node, "group", keep.count(act.labels, act.axis))
     elif act.kind == "counts":
+        if act.user:
+            node = ed.private_copy(node, act.user)
         if act.attr:
             vals = [int(v) for v in next(helper.get_attribute_value(a) for a in node.attribute if a.name == act.attr)]
         else:
             vals = ed.value(node, act.input).copy()
         for k, (labels, axis) in act.entries.items():
-            vals[k] = keep.count(labels, axis)
+            v = keep.count(labels, axis)
+            prev = ed.edited.setdefault((node.name, act.attr or act.input, k), v)
+            if prev != v:
+                raise OnnxPruneError(f"plan gives the shared shape constant of '{act.node}' two sizes ({prev} and "
+                                     f"{v}); keep the channels it sizes consistent")
+            vals[k] = v
         if act.attr:
             _set_attr(node, act.attr, [int(v) for v in vals])
         else:

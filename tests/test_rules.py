@@ -352,3 +352,21 @@ def test_expand_as_follows_the_pruned_shape():
     b.output(y)
     rep = check_random_plans(b.model())
     assert group_of(rep, "a").prunable
+
+
+def test_shape_target_shared_by_reshapes_of_different_groups():
+    """One Concat-built target (dynamic batch + constant channel count) reshapes two tensors from
+    different groups: each Reshape gets its own copy of the target, so any plan works."""
+    b = G(shape=("N", 4, 4, 4))
+    n = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [b.x]), b.ints(0)], axis=0), b.ints([0])])
+    target = b.op("Concat", [n, b.ints([8]), b.ints([-1])], axis=0)
+    a, c = b.conv(b.x, 4, 8, name="a"), b.conv(b.x, 4, 8, name="c")
+    ra, rc = b.op("Reshape", [a, target]), b.op("Reshape", [c, target])
+    sa, sc = (b.op("ReduceSum", [r, b.ints([2])], keepdims=0) for r in (ra, rc))
+    b.output(b.op("Add", [b.gemm(sa, 8, 3), b.gemm(sc, 8, 3)]))
+    m = b.model()
+    rep = check_random_plans(m, n=6, shapes=["x:2x4x4x4"])
+    assert group_of(rep, "a").prunable and group_of(rep, "c").prunable and group_of(rep, "a") is not group_of(rep, "c")
+    plan = onnxprune.PruningPlan({group_of(rep, "a").id: [0, 1, 2], group_of(rep, "c").id: [5]})
+    pruned, r = onnxprune.prune(m, plan=plan, input_shapes=["x:2x4x4x4"])
+    assert r.verification["passed"]

@@ -18,7 +18,8 @@ class Action:
       positions of ``labels`` on ``axis``.
     - ``set_group``: set attribute ``group`` to the number of kept positions of ``labels`` (1-D).
     - ``counts``: replace entries of constant input ``input`` (or attribute ``attr``) with kept counts:
-      ``entries`` maps entry index -> (labels, axis).
+      ``entries`` maps entry index -> (labels, axis). With ``user`` set, ``node`` is a Concat building a
+      shape that several nodes share: the rewriter gives ``user`` its own copy before editing it.
     - ``split_outputs``: turn an equal Split into explicit sizes: ``entries`` maps output index -> (labels, axis).
     - ``slice_range``: Slice entry ``entry`` of starts/ends, over ``labels`` on ``axis`` with original [start, end).
     - ``gather_idx``: remap constant indices (input 1) into kept positions of ``labels`` on ``axis``.
@@ -35,3 +36,4 @@ class Action:
     end: int = 0
     entry: int = 0
     param_axis: int | None = None
+    user: str = ""

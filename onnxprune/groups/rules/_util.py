@@ -36,3 +36,40 @@ def norm_axes(axes, rank: int) -> list[int]:
 def aligned(labels: np.ndarray, rank: int) -> np.ndarray:
     """Right-align labels of a lower-rank (broadcast) input to ``rank``."""
     return labels.reshape((1,) * (rank - labels.ndim) + labels.shape)
+
+
+def target_pieces(ctx, node, name: str):
+    """Per target dim: (node owning the constant, its input index, entry) -> value (None if computed).
+
+    Exporters build ``x.view(x.size(0), -1)`` as Concat(Unsqueeze(Gather(Shape(x))), [-1]); the channel
+    dims of such targets are constants inside the Concat, and that constant is what the rewrite edits.
+    """
+    const = ctx.const(name)
+    if const is not None:
+        return [((node.name, 1), i, int(v)) for i, v in enumerate(np.atleast_1d(const))]
+    prod = ctx.graph.producer.get(name)
+    users = ctx.graph.consumers.get(name, [])
+    # a target shared by several Reshape/Expand nodes is edited once per user; the rewriter refuses a
+    # plan whose edits of one entry disagree
+    if prod is None or prod.op_type != "Concat" or any(u.op_type not in ("Reshape", "Expand") for u, _ in users):
+        return None
+    pieces = []
+    for k, piece in enumerate(prod.input):
+        c = ctx.const(piece)
+        shape = ctx.shape(piece)
+        if c is not None:
+            pieces.extend(((prod.name, k), i, int(v)) for i, v in enumerate(np.atleast_1d(c)))
+        elif shape is not None and len(shape) == 1:
+            pieces.extend(((prod.name, k), i, None) for i in range(shape[0]))
+        else:
+            return None
+    return pieces
+
+
+def user_of(ctx, owner: str, node) -> str:
+    """``node.name`` when ``owner`` is a shape-building Concat shared with other nodes (the rewriter then
+    gives ``node`` its own copy), else empty."""
+    if owner == node.name:
+        return ""
+    prod = ctx.graph.producer.get(node.input[1])
+    return node.name if prod is not None and len(ctx.graph.consumers.get(prod.output[0], [])) > 1 else ""

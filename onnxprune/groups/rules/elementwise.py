@@ -11,7 +11,7 @@ import numpy as np
 from .. import labels as L
 from ..actions import Action
 from ..registry import rule
-from ._util import aligned
+from ._util import aligned, target_pieces, user_of
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Elu", "Selu", "Celu", "Softplus",
@@ -70,20 +70,25 @@ def broadcast(node, ctx) -> None:
 
 
 def _broadcast_by_expand(ctx, name, axes, rank, labels) -> bool:
-    """An Expand with a constant target that only broadcasts a size-1 axis up to the channel count
-    (``norm.expand_as(x)`` after shape folding) follows the channels it meets: its target is edited."""
+    """An Expand whose target only broadcasts a size-1 axis up to the channel count (``norm.expand_as(x)``,
+    its target folded to constants or built by Concat) follows the channels it meets: the target's
+    constant entries are edited."""
     prod = ctx.graph.producer.get(name)
-    if prod is None or prod.op_type != "Expand" or ctx.const(prod.input[1]) is None:
+    if prod is None or prod.op_type != "Expand" or len(ctx.graph.consumers.get(name, [])) != 1:
         return False
     src = ctx.shape(prod.input[0])
-    target = ctx.const(prod.input[1])
-    if src is None or ctx.labels(prod.input[0]) is not None or len(ctx.graph.consumers.get(name, [])) != 1:
+    pieces = target_pieces(ctx, prod, prod.input[1])
+    if src is None or pieces is None or ctx.labels(prod.input[0]) is not None:
         return False
-    offset_src, offset_t = rank - len(src), rank - len(target)
-    entries = {}
+    offset_src, offset_t = rank - len(src), rank - len(pieces)
+    edits: dict[tuple[str, int], dict] = {}
     for ax in axes:
         if ax - offset_t < 0 or (ax - offset_src >= 0 and src[ax - offset_src] != 1):
             return False
-        entries[ax - offset_t] = (labels, ax)
-    ctx.act(Action("counts", prod.name, input=1, entries=entries))
+        owner, k, value = pieces[ax - offset_t]
+        if value is None:
+            return False
+        edits.setdefault(owner, {})[k] = (labels, ax)
+    for (owner, in_index), entries in edits.items():
+        ctx.act(Action("counts", owner, input=in_index, entries=entries, user=user_of(ctx, owner, prod)))
     return True

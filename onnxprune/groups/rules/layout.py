@@ -10,7 +10,7 @@ import numpy as np
 from .. import labels as L
 from ..actions import Action
 from ..registry import rule
-from ._util import attr, axes_from, inp
+from ._util import attr, axes_from, inp, target_pieces, user_of
 
 
 def _reshaped(node, ctx):
@@ -28,7 +28,7 @@ def reshape(node, ctx) -> None:
     if new is None:
         return
     new = L.compress(new)
-    pieces = _target_pieces(ctx, node, inp(node, 1))
+    pieces = target_pieces(ctx, node, inp(node, 1))
     if pieces is None:
         return ctx.freeze_inputs(node, f"Reshape '{node.name}': target shape is computed")
     edits: dict[tuple[str, int], dict] = {}
@@ -39,33 +39,8 @@ def reshape(node, ctx) -> None:
         if value > 0:  # -1 is inferred and 0 copies the (consistently pruned) input dim: both need no edit
             edits.setdefault(owner, {})[k] = (new, ax)
     for (owner, in_index), entries in edits.items():
-        ctx.act(Action("counts", owner, input=in_index, entries=entries))
+        ctx.act(Action("counts", owner, input=in_index, entries=entries, user=user_of(ctx, owner, node)))
     ctx.set(node.output[0], new)
-
-
-def _target_pieces(ctx, node, name: str):
-    """Per target dim: (node owning the constant, its input index, entry) -> value (None if computed).
-
-    Exporters build ``x.view(x.size(0), -1)`` as Concat(Unsqueeze(Gather(Shape(x))), [-1]); the channel
-    dims of such targets are constants inside the Concat, and that constant is what the rewrite edits.
-    """
-    const = ctx.const(name)
-    if const is not None:
-        return [((node.name, 1), i, int(v)) for i, v in enumerate(np.atleast_1d(const))]
-    prod = ctx.graph.producer.get(name)
-    if prod is None or prod.op_type != "Concat" or len(ctx.graph.consumers.get(name, [])) != 1:
-        return None
-    pieces = []
-    for k, piece in enumerate(prod.input):
-        c = ctx.const(piece)
-        shape = ctx.shape(piece)
-        if c is not None:
-            pieces.extend(((prod.name, k), i, int(v)) for i, v in enumerate(np.atleast_1d(c)))
-        elif shape is not None and len(shape) == 1:
-            pieces.extend(((prod.name, k), i, None) for i in range(shape[0]))
-        else:
-            return None
-    return pieces
 
 
 @rule("Flatten")
