@@ -210,3 +210,49 @@ def test_unreachable_target_is_a_clear_error(tmp_path):
     b.output(b.conv(b.op("Relu", [b.conv(b.x, 4, 2)]), 2, 3))  # almost nothing to prune
     with pytest.raises(OnnxPruneError, match="cannot reach"):
         onnxprune.prune(b.model(), target_macs=0.05)
+
+
+def test_taylor_matches_a_finite_difference_of_the_loss(shared_models):
+    """sum over a channel of activation x gradient = dL/d(s) for the channel scaled by s, at s = 1."""
+    import torch
+
+    from onnxprune.criteria.activation import consumed_tensors
+    from onnxprune.criteria.taylor import _loss, first_order_terms
+    from onnxprune.torch_eval import TorchGraph
+
+    rep = onnxprune.analyze(os.path.join(shared_models, "resnet20.onnx"))
+    data = np.load(SAMPLES)
+    feeds, labels = {"input": data["input"][:16].astype(np.float64)}, data["labels"][:16]
+    tg = TorchGraph(rep.graph.model, rep.graph.consts)
+    tg.consts = {k: v.double() if v.is_floating_point() else v for k, v in tg.consts.items()}  # clean FD
+    tensors = consumed_tensors(rep.graph, rep.analysis)
+    terms = first_order_terms(tg, feeds, labels, tensors)
+    checked = 0
+    for name in list(tensors)[3:6]:
+        shape = rep.graph.shapes[name]
+        positions = int(np.prod(shape[2:]))
+        for c in (0, 5):
+            total = terms[name][:, c].sum() * positions
+            eps = 1e-4  # small enough that no downstream ReLU changes side
+
+            def scaled(v, c=c, f=1.0):
+                m = torch.ones(v.shape[1], dtype=v.dtype)
+                m[c] = f
+                return v * m.reshape(1, -1, *([1] * (v.dim() - 2)))
+
+            with torch.no_grad():  # central difference: the second-order term cancels
+                down = _loss(torch, tg.run(feeds, edit={name: lambda v: scaled(v, f=1 - eps)})[0][0], labels).item()
+                up = _loss(torch, tg.run(feeds, edit={name: lambda v: scaled(v, f=1 + eps)})[0][0], labels).item()
+            fd = (down - up) / (2 * eps)
+            assert -fd == pytest.approx(total, rel=0.02, abs=1e-6), (name, c)
+            checked += 1
+    assert checked == 6
+
+
+def test_taylor_prunes_and_prefers_informative_channels(shared_models):
+    model = os.path.join(shared_models, "resnet20.onnx")
+    acc = {}
+    for crit in ("taylor", "random"):
+        pruned, _ = onnxprune.prune(model, criterion=crit, ratio=0.1, data=CALIB)
+        acc[crit] = onnxprune.evaluate(pruned, SAMPLES)["top1"]
+    assert acc["taylor"] > acc["random"], acc
