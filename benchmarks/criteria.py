@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--out", default=os.path.join(HERE, "out", "criteria.json"))
     ap.add_argument("--readme")
+    ap.add_argument("--merge", action="store_true", help="keep the other rows already in --out (re-run a subset)")
     args = ap.parse_args()
     calib_dir = os.path.join(HERE, "..", "calib", "out")
     calib, test = os.path.join(calib_dir, "fmnist_calib.npz"), os.path.join(calib_dir, "fmnist_test.npz")
@@ -40,6 +41,9 @@ def main() -> None:
         subprocess.run([sys.executable, os.path.join(HERE, "..", "calib", "fashion_mnist.py")], check=True)
     info = json.load(open(os.path.join(SHARED, "models", "models.json")))
     rows = []
+    if args.merge and os.path.exists(args.out):
+        done = {(m, c) for m in args.models.split(",") for c in args.criteria.split(",")}
+        rows = [r for r in json.load(open(args.out)) if (r["model"], r["criterion"]) not in done]
     for name in args.models.split(","):
         path = os.path.join(SHARED, "models", info[name]["legacy_export"])
         report = onnxprune.analyze(path)
@@ -66,6 +70,9 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(rows, f, indent=1)
     if args.readme:
+        order = {c: k for k, c in enumerate(CRITERIA)}
+        rows.sort(key=lambda r: (args.models.split(",").index(r["model"]) if r["model"] in args.models else 99,
+                                 order.get(r["criterion"], 99)))
         update_readme(rows, args.readme)
 
 
