@@ -93,5 +93,5 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
         if g.prunable and g.channels < 2:
             g.prunable, g.reason = False, "a single channel cannot be pruned"
     return Analysis(groups=groups, sources=ctx.sources, roots=roots, actions=ctx.actions,
-                    terminals=ctx.terminals, expected=dict(ctx._labels), stat_masks=ctx.stat_masks,
+                    terminals=ctx.terminals, expected=ctx.labelled, stat_masks=ctx.stat_masks,
                     source_channels=sum(s.n for s in ctx.sources))

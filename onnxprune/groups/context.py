@@ -38,6 +38,11 @@ class Context:
     def labels(self, name: str) -> np.ndarray | None:
         return self._labels.get(name) if name else None
 
+    @property
+    def labelled(self) -> dict[str, np.ndarray]:
+        """Every tensor that carries channels, with its labels (the rewrite's shape check uses them)."""
+        return dict(self._labels)
+
     def const(self, name: str) -> np.ndarray | None:
         return self.graph.const(name)
 
@@ -49,7 +54,7 @@ class Context:
         return None if s is None else len(s)
 
     # --- writing -------------------------------------------------------------------------------
-    def set(self, name: str, labels: np.ndarray | None, node: onnx.NodeProto | None = None) -> None:
+    def set(self, name: str, labels: np.ndarray | None) -> None:
         """Store a tensor's labels, enforcing the invariants the rewriter relies on."""
         if not name or L.is_empty(labels):
             return
@@ -67,7 +72,7 @@ class Context:
         axes = L.labelled_axes(labels)
         if len(axes) > 1:
             labels = self._make_rectangular(labels, axes)
-            if labels is None or labels.size == 1:
+            if labels is None:  # frozen there, with the reason
                 return
         self._labels[name] = labels
 
