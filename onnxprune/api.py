@@ -27,12 +27,10 @@ def load(model, input_shapes=None) -> Graph:
     return build_graph(read_model(model), input_shapes or {})
 
 
-def _group_macs(graph: Graph, analysis, counts) -> None:
+def _group_macs(analysis, counts) -> None:
+    """Each group's MACs share: the MACs of every node whose weights it slices."""
     node_groups: dict[str, set[int]] = {}
-    atom_group = np.full(len(analysis.roots), -1)
-    for g in analysis.groups:
-        for a in g.atoms:
-            atom_group[a] = g.id
+    atom_group, _ = analysis.atom_index()
     root_group = {}
     for a, r in enumerate(analysis.roots):
         if atom_group[a] >= 0:
@@ -62,7 +60,7 @@ def analyze(model, input_shapes=None, exclude=()) -> AnalysisReport:
     graph = model if isinstance(model, Graph) else load(model, input_shapes)
     analysis = analyse(graph, tuple(exclude))
     counts = count(graph.model, graph.shapes)
-    _group_macs(graph, analysis, counts)
+    _group_macs(analysis, counts)
     path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else ""
     return AnalysisReport(analysis, counts, path, graph)
 

@@ -13,16 +13,6 @@ from ..groups.labels import labelled_axes
 from ..plan import PruningPlan
 
 
-def _atom_index(analysis: Analysis) -> tuple[np.ndarray, np.ndarray]:
-    gid = np.full(len(analysis.roots), -1, dtype=np.int64)
-    ch = np.full(len(analysis.roots), -1, dtype=np.int64)
-    for g in analysis.groups:
-        for c, atoms in enumerate(g.atoms):
-            gid[atoms] = g.id
-            ch[atoms] = c
-    return gid, ch
-
-
 def emptied(analysis: Analysis, plan: PruningPlan) -> list[tuple[str, int]]:
     """(tensor, axis) pairs the plan would leave with no channel."""
     from ..rewrite import Keep
@@ -37,7 +27,7 @@ def emptied(analysis: Analysis, plan: PruningPlan) -> list[tuple[str, int]]:
 
 
 def restore_emptied(analysis: Analysis, plan: PruningPlan, scores: dict[int, np.ndarray]) -> PruningPlan:
-    gid, ch = _atom_index(analysis)
+    gid, ch = analysis.atom_index()
     removed = {g: set(c) for g, c in plan.remove.items()}
     for _ in range(10000):
         bad = emptied(analysis, PruningPlan({g: sorted(c) for g, c in removed.items()}))

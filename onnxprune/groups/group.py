@@ -65,3 +65,13 @@ class Analysis:
 
     def group(self, gid: int) -> ChannelGroup:
         return self.groups[gid]
+
+    def atom_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per atom: its group id and channel index within the group (-1 for none)."""
+        gid = np.full(len(self.roots), -1, dtype=np.int64)
+        ch = np.full(len(self.roots), -1, dtype=np.int64)
+        for g in self.groups:
+            for c, atoms in enumerate(g.atoms):
+                gid[atoms] = g.id
+                ch[atoms] = c
+        return gid, ch
