@@ -76,6 +76,13 @@ class Context:
                 return
         self._labels[name] = labels
 
+    def representatives(self, labels: np.ndarray) -> np.ndarray | None:
+        """Labels as the rewrite will see them: multi-axis channels made rectangular and reduced to one
+        atom per class (None when that is impossible; the channels are then frozen)."""
+        labels = L.compress(np.asarray(labels, dtype=np.int64))
+        axes = L.labelled_axes(labels)
+        return self._make_rectangular(labels, axes) if len(axes) > 1 else labels
+
     def _make_rectangular(self, labels: np.ndarray, axes: list[int]) -> np.ndarray | None:
         # Channels spread over several axes (e.g. [groups, channels/group] inside a channel shuffle, or
         # [q/k/v, heads, head_dim] after a fused projection) must go as whole slices along one axis, or

@@ -27,7 +27,9 @@ def reshape(node, ctx) -> None:
     new = _reshaped(node, ctx)
     if new is None:
         return
-    new = L.compress(new)
+    new = ctx.representatives(new)  # e.g. [heads, head_dim]: only head_dim can shrink
+    if new is None:
+        return
     pieces = target_pieces(ctx, node, inp(node, 1))
     if pieces is None:
         return ctx.freeze_inputs(node, f"Reshape '{node.name}': target shape is computed")
