@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "onnxprune-zoo"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "zoo.json"))
     ap.add_argument("--readme", help="rewrite the zoo table between the markers of this README")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of other models already in --out")
     ap.add_argument("--from-json", help="only rebuild the README table from an earlier run's JSON")
     args = ap.parse_args()
     if args.from_json:
@@ -79,6 +80,8 @@ def main() -> None:
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     rows = []
+    if args.merge and os.path.exists(args.out):
+        rows = [r for r in json.load(open(args.out)) if r["model"] not in names]
     for name in names:
         for dyn in exporters:
             row = run_one(name, dyn, args.workdir)
@@ -89,6 +92,7 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
     ok = [r for r in rows if r.get("exact") and r.get("coverage", 0) >= 0.95]
     print(f"{len(ok)}/{len(rows)} exports: coverage >= 95% and exact at ratio 0.3")
+    rows.sort(key=lambda r: (r["model"], r["exporter"] != "legacy"))
     if args.readme:
         update_readme(rows, args.readme)
 
