@@ -273,19 +273,13 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
 
 
 def _shapes_from_runtime(model, input_shapes, names) -> dict[str, tuple[int, ...]]:
-    from .runtime import run_model  # onnxruntime is only needed for odd graphs
+    from .runtime import run_model, session_with_outputs  # onnxruntime is only needed for odd graphs
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(helper.make_empty_tensor_value_info(n))
     try:
-        feeds = random_feeds(m, input_shapes, seed=0)
-        outs = run_model(m, feeds, [*names])
+        sess = session_with_outputs(model, names)
+        outs = run_model(sess, random_feeds(model, input_shapes, seed=0), list(names))
     except OnnxPruneError:
-        return {}
+        return {}  # the rules then freeze every tensor whose shape stays unknown, and say so
     return {n: tuple(v.shape) for n, v in zip(names, outs) if hasattr(v, "shape")}
 
 
