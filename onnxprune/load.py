@@ -30,10 +30,6 @@ class Graph:
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = field(default_factory=dict)
 
     @property
-    def nodes(self) -> list[onnx.NodeProto]:
-        return list(self.model.graph.node)
-
-    @property
     def opset(self) -> int:
         for imp in self.model.opset_import:
             if imp.domain in ("", "ai.onnx"):

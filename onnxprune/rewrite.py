@@ -32,11 +32,15 @@ class Keep:
         """True where a position survives (same shape as ``labels``)."""
         return ~self.removed_atom[labels]
 
-    def along(self, labels: np.ndarray, axis: int) -> np.ndarray:
-        """Indices kept along ``axis``: a position goes when every label in its slice is removed."""
+    def kept_along(self, labels: np.ndarray, axis: int) -> np.ndarray:
+        """Boolean per position of ``axis``: a position goes when every label in its slice is removed."""
         m = self.mask(labels)
         other = tuple(a for a in range(m.ndim) if a != axis)
-        return np.nonzero(np.any(m, axis=other) if other else m)[0]
+        return np.any(m, axis=other) if other else m
+
+    def along(self, labels: np.ndarray, axis: int) -> np.ndarray:
+        """Indices kept along ``axis``."""
+        return np.nonzero(self.kept_along(labels, axis))[0]
 
     def count(self, labels: np.ndarray, axis: int) -> int:
         return len(self.along(labels, axis))
@@ -151,9 +155,7 @@ def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
         else:
             _set_attr(node, "split", [int(s) for s in sizes])
     elif act.kind == "slice_range":
-        m = keep.mask(act.labels)
-        other = tuple(a for a in range(m.ndim) if a != act.axis)
-        kept = np.any(m, axis=other) if other else m
+        kept = keep.kept_along(act.labels, act.axis)
         new_start = int(kept[:act.start].sum())
         new_end = new_start + int(kept[act.start:act.end].sum())
         for k, v in ((1, new_start), (2, new_end)):

@@ -63,9 +63,6 @@ class Analysis:
     stat_masks: list[tuple[str, np.ndarray, list[int]]] = field(default_factory=list)
     source_channels: int = 0
 
-    def group(self, gid: int) -> ChannelGroup:
-        return self.groups[gid]
-
     def atom_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Per atom: its group id and channel index within the group (-1 for none)."""
         gid = np.full(len(self.roots), -1, dtype=np.int64)
