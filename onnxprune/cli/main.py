@@ -10,7 +10,7 @@ import logging
 import sys
 
 from ..errors import OnnxPruneError
-from . import analyze, demo, prune
+from . import analyze, bench, demo, prune
 from . import eval as eval_cmd
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.register(sub)
     prune.register(sub)
     eval_cmd.register(sub)
+    bench.register(sub)
     demo.register(sub)
     return p
 
