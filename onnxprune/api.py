@@ -130,7 +130,7 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
         removed = sorted(plan.remove.get(g.id, []))
         gone = set(removed)
         groups.append({"id": g.id, "sources": g.sources, "channels": g.channels, "prunable": g.prunable,
-                       "removed": removed, "kept": [c for c in range(g.channels) if c not in gone]})
+                       "reason": g.reason, "macs": int(g.macs), "removed": removed, "kept": [c for c in range(g.channels) if c not in gone]})
     timings["total"] = time.perf_counter() - t0
     rep = PruneReport(report.counts, after, plan.to_json(analysis), plan.meta.get("criterion", criterion), ver,
                       {k: round(v, 4) for k, v in timings.items()}, groups, rescaled)

@@ -91,6 +91,14 @@ def read_model(path_or_model: str | os.PathLike | onnx.ModelProto) -> onnx.Model
     return model
 
 
+def external_files(path: str) -> list[str]:
+    """Paths of the external data files a model file names (they travel with it)."""
+    model = onnx.load(path, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(path))
+    locs = {e.value for t in _external_tensors(model) for e in t.external_data if e.key == "location"}
+    return [os.path.join(folder, loc) for loc in sorted(locs)]
+
+
 def _external_tensors(model: onnx.ModelProto):
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:

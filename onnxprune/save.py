@@ -56,20 +56,45 @@ def save_model(model: onnx.ModelProto, out: str, external: bool | None = None) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_json(data: dict, out: str) -> None:
+def atomic_write(out: str, write, suffix: str = "") -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``out``, then rename it into place."""
     out_abs = os.path.abspath(out)
     folder = os.path.dirname(out_abs)
     if not os.path.isdir(folder):
-        raise OnnxPruneError(f"report folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json", dir=folder)
+        raise OnnxPruneError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=_jsonable)
+        write(tmp)
         os.replace(tmp, out_abs)
-    except BaseException:
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def save_json(data: dict, out: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, default=_jsonable)
+
+    atomic_write(out, write, ".json")
+
+
+def save_text(text: str, out: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(out, write, os.path.splitext(out)[1])
+
+
+def size_on_disk(path: str) -> int:
+    """Bytes of a model file plus the external data files it names."""
+    from .load import external_files
+
+    return os.path.getsize(path) + sum(os.path.getsize(f) for f in external_files(path) if os.path.exists(f))
 
 
 def _jsonable(x):

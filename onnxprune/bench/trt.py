@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from ..errors import OnnxPruneError
+from ..load import external_files
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install 'onnxprune[tensorrt]' on a machine with an NVIDIA GPU"
@@ -60,19 +61,13 @@ def _weak_fp16(trt) -> bool:
 
 def _model_digest(path: str) -> str:
     """Content hash of the ONNX file plus size/mtime of each external data file it names."""
-    import onnx
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    folder = os.path.dirname(os.path.abspath(path))
-    model = onnx.load(path, load_external_data=False)
-    locs = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"}
-    for loc in sorted(locs):
-        st = os.stat(os.path.join(folder, loc))
-        h.update(f"{loc}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for f in external_files(path):
+        st = os.stat(f)
+        h.update(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from ..errors import OnnxPruneError
 
@@ -45,7 +46,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and verification inputs")
     p.add_argument("--plan", metavar="FILE", help="replay a saved plan instead of scoring and allocating")
     p.add_argument("--save-plan", metavar="FILE", help="write the plan (which channels of which group) as JSON")
-    p.add_argument("--report", metavar="FILE.json", help="write the report (MACs/params before/after, kept/removed)")
+    p.add_argument("--report", action="append", default=[], metavar="FILE",
+                   help="write the report: FILE.json for machines, FILE.md for people (per-group table, totals, "
+                        "PNG plots beside it); repeatable")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data (automatic over 2 GB)")
     p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
@@ -58,10 +61,15 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import prune
     from ..plan import PruningPlan
-    from ..save import check_output_path, save_json, save_model
+    from ..report_markdown import markdown, plots
+    from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
     from .common import data_spec
 
     check_output_path(args.output, [args.model])
+    for r in args.report:
+        if os.path.splitext(r)[1].lower() not in (".json", ".md"):
+            raise OnnxPruneError(f"--report {r}: the name must end in .json or .md")
+        check_output_path(r, [args.model, args.output])
     if args.round_to < 1 or args.min_channels < 1:
         raise OnnxPruneError("--round-to and --min-channels must be at least 1")
     plan = PruningPlan.load(args.plan) if args.plan else None
@@ -73,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
     if not any(g["prunable"] for g in report.groups):
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
-    if args.report:
-        save_json(report.to_json(), args.report)
+    files = {"input_bytes": size_on_disk(args.model), "output_bytes": size_on_disk(args.output)}
+    for r in args.report:
+        if r.lower().endswith(".md"):
+            pngs = plots(report, os.path.splitext(r)[0])
+            save_text(markdown(report, args.model, args.output, files, pngs), r)
+        else:
+            save_json({**report.to_json(), "files": files}, r)
     if args.save_plan:
         save_json(report.plan, args.save_plan)
     print(report.summary())
