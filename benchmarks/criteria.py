@@ -19,6 +19,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import onnxprune  # noqa: E402
+from _common import replace_section  # noqa: E402
 from onnxprune.criteria import CRITERIA  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 
@@ -93,11 +94,7 @@ def table(rows) -> str:
 
 
 def update_readme(rows, readme) -> None:
-    text = open(readme).read()
-    head, rest = text.split("<!-- criteria:start -->", 1)
-    _, tail = rest.split("<!-- criteria:end -->", 1)
-    with open(readme, "w") as f:
-        f.write(head + "<!-- criteria:start -->\n" + table(rows) + "\n<!-- criteria:end -->" + tail)
+    replace_section(readme, "criteria", table(rows))
 
 
 if __name__ == "__main__":

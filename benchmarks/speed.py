@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from onnxprune import zoo  # noqa: E402
+from _common import replace_section  # noqa: E402
 
 
 def main() -> None:
@@ -45,11 +46,7 @@ def main() -> None:
     if args.readme:
         table = "\n".join(["| model | best of runs | all runs |", "|---|---|---|"] +
                           [f"| {r['model']} | {r['best_s']:.2f} s | {', '.join(f'{x:.2f}' for x in r['all_s'])} |" for r in rows])
-        text = open(args.readme).read()
-        head, rest = text.split("<!-- speed:start -->", 1)
-        _, tail = rest.split("<!-- speed:end -->", 1)
-        with open(args.readme, "w") as f:
-            f.write(head + "<!-- speed:start -->\n" + table + "\n<!-- speed:end -->" + tail)
+        replace_section(args.readme, "speed", table)
 
 
 if __name__ == "__main__":

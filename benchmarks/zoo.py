@@ -16,6 +16,7 @@ import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import onnxprune  # noqa: E402
+from _common import replace_section  # noqa: E402
 from onnxprune import zoo  # noqa: E402
 
 SKIP_HUGE = {"vit_h_14", "regnet_y_128gf"}  # >2 GB protobuf exports: see benchmarks/memory.py
@@ -123,15 +124,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(rows: list[dict], readme: str) -> None:
-    text = open(readme).read()
-    start, end = "<!-- zoo:start -->", "<!-- zoo:end -->"
-    if start not in text or end not in text:
-        raise SystemExit(f"{readme} has no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(readme, "w") as f:
-        f.write(head + start + "\n" + table(rows) + "\n" + end + tail)
+def update_readme(rows, readme) -> None:
+    replace_section(readme, "zoo", table(rows))
 
 
 if __name__ == "__main__":
