@@ -1,5 +1,7 @@
 """onnxprune: post-training structured channel pruning of ONNX graphs, with exact rewrites."""
-from .api import analyze, evaluate, load, prune, score_groups
+from .allocation.allocate import Allocation
+from .api import analyze, evaluate, load, prune, score_groups, sensitivity
+from .bench import BenchReport, benchmark
 from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis, ChannelGroup
@@ -7,5 +9,6 @@ from .plan import PruningPlan
 from .report import AnalysisReport, PruneReport
 
 __version__ = "0.1.0"
-__all__ = ["analyze", "evaluate", "DataSpec", "load", "prune", "score_groups", "OnnxPruneError", "VerificationError", "Analysis",
+__all__ = ["analyze", "evaluate", "DataSpec", "load", "prune", "score_groups", "sensitivity", "Allocation",
+           "benchmark", "BenchReport", "OnnxPruneError", "VerificationError", "Analysis",
            "ChannelGroup", "PruningPlan", "AnalysisReport", "PruneReport"]

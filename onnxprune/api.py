@@ -7,7 +7,7 @@ import time
 import numpy as np
 import onnx
 
-from .allocation import check_ratio, uniform_plan
+from .allocation.allocate import Allocation, allocate
 from .count import count
 from .criteria import get_criterion, group_scores
 from .data import DataSpec
@@ -82,25 +82,77 @@ def score_groups(graph: Graph, analysis, criterion: str = "l1", combine: str = "
 def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1, min_channels: int = 1,
           exclude=(), input_shapes=None, plan: PruningPlan | None = None, verify_rewrite: bool = True,
           combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9, samples: int = 2000,
-          rescale: bool = True, target_macs: float | None = None) -> tuple[onnx.ModelProto, PruneReport]:
+          rescale: bool = True, target_macs: float | None = None, allocation: Allocation | None = None,
+          steps: int = 1, progress: bool = False, **allocation_options) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
-    instead of scoring and allocating."""
+    instead of scoring and allocating. ``allocation`` (or its fields as keyword arguments: ``global_rank``,
+    ``normalisation``, ``max_ratio``, ``strategy``, ``target_params``, ``target_latency``, ``sensitivity``,
+    ``max_drop``, ``backend``...) chooses how many channels each group loses. ``steps`` > 1 prunes
+    iteratively, re-scoring the partly pruned model between steps (Molchanov et al.)."""
     t0 = time.perf_counter()
-    check_ratio(ratio)
+    alloc = allocation or Allocation(ratio=ratio, round_to=round_to, min_channels=min_channels, target_macs=target_macs,
+                                     nu=nu, **allocation_options)
+    if plan is None:
+        alloc.check(criterion)
+    if not isinstance(steps, int) or steps < 1:
+        raise OnnxPruneError("--steps must be a positive integer")
+    if steps > 1 and (plan is not None or alloc.sensitivity is not None or alloc.target_latency is not None):
+        raise OnnxPruneError("--steps works with --ratio, --target-macs and --target-params, not with a replayed plan, "
+                             "--sensitivity or --target-latency")
     report = analyze(model, input_shapes, exclude)
-    graph = report.graph
-    analysis = report.analysis
-    timings = {"analyze": time.perf_counter() - t0}
+    opts = dict(criterion=criterion, combine=combine, seed=seed, data=data, nu=nu, samples=samples, rescale=rescale,
+                verify_rewrite=verify_rewrite, progress=progress)
+    if steps == 1:
+        pruned, rep = _prune_once(report, alloc, plan, **opts)
+    else:
+        pruned, rep = _prune_steps(report, alloc, steps, exclude, **opts)
+    rep.timings["total"] = round(time.perf_counter() - t0, 4)
+    _copy_metadata(report.graph.model, pruned)
+    return pruned, rep
+
+
+def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude, **opts):
+    """K prune steps on the partly pruned model; each step's target is the cumulative one, so the
+    rounding of earlier steps does not add up. Each step is verified against its own input, which makes
+    the chain exact against the original with the union of removed channels masked."""
+    from dataclasses import replace
+
+    before = report.counts
+    current, step_plans, rescaled, timings = report, [], [], {}
+    for s in range(1, steps + 1):
+        done_macs = current.counts.macs / before.macs
+        done_params = current.counts.params / before.params
+        kw = {}
+        if alloc.target_macs is not None:
+            kw["target_macs"] = min(1.0, (1 - (1 - alloc.target_macs) * s / steps) / done_macs)
+        elif alloc.target_params is not None:
+            kw["target_params"] = min(1.0, (1 - (1 - alloc.target_params) * s / steps) / done_params)
+        else:
+            prev, cum = alloc.ratio * (s - 1) / steps, alloc.ratio * s / steps
+            kw["ratio"] = 1 - (1 - cum) / (1 - prev)
+        pruned, rep = _prune_once(current, replace(alloc, **kw), None, **opts)
+        step_plans.append(rep.plan)
+        rescaled += rep.rescaled
+        for k, v in rep.timings.items():
+            timings[k] = round(timings.get(k, 0.0) + v, 4)
+        if s < steps:
+            current = analyze(load(pruned, report.graph.input_shapes), None, exclude)
+    rep.before = before
+    rep.plan = {**rep.plan, "meta": {**rep.plan["meta"], "steps": step_plans[:-1], "step": steps}}
+    rep.rescaled, rep.timings = rescaled, timings
+    return pruned, rep
+
+
+def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | None, *, criterion, combine, seed,
+                data, nu, samples, rescale, verify_rewrite, progress):
+    graph, analysis = report.graph, report.analysis
+    timings = {}
     if plan is None:
         t = time.perf_counter()
-        scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples)
-        if target_macs is not None:
-            from .allocation.targets import plan_for_macs
-
-            plan, _, ratio = plan_for_macs(graph, analysis, scores, target_macs, round_to, min_channels)
-        else:
-            plan = uniform_plan(analysis, scores, ratio, round_to, min_channels)
-        plan.meta.update(criterion=criterion, ratio=ratio, round_to=round_to, min_channels=min_channels, combine=combine)
+        scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples) \
+            if alloc.strategy != "greedy" else {}
+        plan = allocate(graph, analysis, scores, alloc, criterion, combine, progress)
+        plan.meta.update(criterion=criterion, combine=combine)
         timings["score_allocate"] = time.perf_counter() - t
     t = time.perf_counter()
     pruned = apply_plan(graph, analysis, plan)
@@ -130,12 +182,25 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
         removed = sorted(plan.remove.get(g.id, []))
         gone = set(removed)
         groups.append({"id": g.id, "sources": g.sources, "channels": g.channels, "prunable": g.prunable,
-                       "reason": g.reason, "macs": int(g.macs), "removed": removed, "kept": [c for c in range(g.channels) if c not in gone]})
-    timings["total"] = time.perf_counter() - t0
+                       "reason": g.reason, "macs": int(g.macs), "removed": removed,
+                       "kept": [c for c in range(g.channels) if c not in gone]})
     rep = PruneReport(report.counts, after, plan.to_json(analysis), plan.meta.get("criterion", criterion), ver,
                       {k: round(v, 4) for k, v in timings.items()}, groups, rescaled)
-    _copy_metadata(graph.model, pruned)
     return pruned, rep
+
+
+def sensitivity(model, criterion: str = "l1", ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), *, data,
+                calib=None, exclude=(), input_shapes=None, combine: str = "sum", seed: int = 0, jobs: int = 1,
+                progress: bool = False, **criterion_options) -> dict:
+    """Prune one group at a time at each ratio (channels chosen by ``criterion`` on ``calib``) and measure
+    top-1 (labels) or agreement and KL with the original on ``data``; see allocation/sensitivity.py."""
+    from .allocation.sensitivity import run_sensitivity
+
+    report = analyze(model, input_shapes, exclude)
+    scores = score_groups(report.graph, report.analysis, criterion, combine, seed, data=calib, **criterion_options)
+    res = run_sensitivity(report.graph, report.analysis, scores, list(ratios), as_data(data), exclude, jobs, progress)
+    res.update(criterion=criterion, model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else "")
+    return res
 
 
 def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
@@ -144,4 +209,4 @@ def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     entry.key, entry.value = "onnxprune", "pruned"
 
 
-__all__ = ["load", "analyze", "prune", "score_groups", "evaluate", "OnnxPruneError"]
+__all__ = ["load", "analyze", "prune", "score_groups", "evaluate", "sensitivity", "Allocation", "OnnxPruneError"]

@@ -38,9 +38,10 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     return 0
 
 
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
 def count(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Counts:
     per = {n.name: node_macs(n, shapes) for n in model.graph.node}
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer
-                 if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                                    onnx.TensorProto.DOUBLE))
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in FLOAT_TYPES)
     return Counts(sum(per.values()), params, per)

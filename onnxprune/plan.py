@@ -33,6 +33,9 @@ class PruningPlan:
     def from_json(cls, data: dict) -> "PruningPlan":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise OnnxPruneError(f"not an onnxprune plan (expected format '{FORMAT}')")
+        if data.get("meta", {}).get("steps"):
+            raise OnnxPruneError("this plan comes from an iterative run (--steps); each step's groups belong to a "
+                                 "partly pruned model, so it cannot be replayed: re-run with --steps")
         try:
             remove = {int(g["id"]): [int(c) for c in g["remove"]] for g in data["groups"]}
         except (KeyError, TypeError, ValueError) as e:

@@ -86,4 +86,8 @@ class PruneReport:
                 f"({100 * (1 - self.after.macs / max(self.before.macs, 1)):.1f}% fewer), params "
                 f"{self.before.params / 1e6:.3f} M -> {self.after.params / 1e6:.3f} M, "
                 f"{sum(len(g['removed']) for g in self.groups)} channels removed in "
-                f"{sum(1 for g in self.groups if g['removed'])} groups, verification: {ver}")
+                f"{sum(1 for g in self.groups if g['removed'])} groups{self._step_note()}, verification: {ver}")
+
+    def _step_note(self) -> str:
+        k = self.plan.get("meta", {}).get("step") if isinstance(self.plan, dict) else None
+        return f" in the last of {k} steps" if k else ""

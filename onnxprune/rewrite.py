@@ -86,7 +86,11 @@ class _Editor:
         return self.new_inits[name] if name in self.new_inits else self.graph.consts[name]
 
     def replace_input(self, node: onnx.NodeProto, k: int, arr: np.ndarray, tag: str) -> None:
-        name = f"{node.name}.{tag}{k}.pruned"
+        name = base = f"{node.name}.{tag}{k}.pruned"
+        n = 1
+        while name in self.graph.consts and name not in self.new_inits:  # a model pruned before
+            n += 1
+            name = f"{base}{n}"
         self.new_inits[name] = arr
         node.input[k] = name
 

@@ -33,8 +33,9 @@ class G:
         self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
         return outs[0] if n_out == 1 else outs
 
-    def conv(self, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True, name: str | None = None) -> str:
-        w = self.const(self.rng.standard_normal((cout, cin // group, k, k)).astype(np.float32))
+    def conv(self, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True, name: str | None = None,
+             w: np.ndarray | None = None) -> str:
+        w = self.const(self.rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) if w is None else w)
         ins = [x, w]
         if bias:
             ins.append(self.const(self.rng.standard_normal(cout).astype(np.float32)))

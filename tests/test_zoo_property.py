@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import onnxprune
 from helpers import feeds_for, outputs, random_plan
+from onnxprune.allocation.targets import counts_of
 
 pytest.importorskip("torchvision")
 from onnxprune import zoo  # noqa: E402
@@ -83,6 +84,9 @@ def test_random_plans_are_exact(zoo_dir, name, exporter, seed):
     pruned, r = onnxprune.prune(rep.graph, plan=plan, seed=seed)
     assert r.verification["passed"] and r.verification["max_rel_diff"] <= r.verification["tolerance"]
     assert r.after.macs < r.before.macs and r.after.params < r.before.params
+    # the allocation's shape-only count (used by every target search) equals counting the rewritten model
+    fast = counts_of(rep.graph, rep.analysis, plan)
+    assert (fast.macs, fast.params) == (r.after.macs, r.after.params)
     assert interface(pruned) == interface(onnx.load(path, load_external_data=False))
     # the dynamic batch survives: run the pruned model at batch 3
     feeds = feeds_for(onnx.load(path), [f"x:3x3x{zoo.input_size(name)}x{zoo.input_size(name)}"])

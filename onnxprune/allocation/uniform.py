@@ -1,7 +1,8 @@
-"""Uniform allocation: every prunable group loses the same fraction of its channels."""
+"""Per-group allocation: each prunable group loses its own fraction of channels (the same one: uniform)."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -25,24 +26,39 @@ def check_ratio(ratio: float) -> None:
         raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
 
 
-def uniform_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
-                 min_channels: int = 1) -> PruningPlan:
-    check_ratio(ratio)
+def check_rounding(round_to: int, min_channels: int) -> None:
     if round_to < 1 or min_channels < 1:
         raise OnnxPruneError("--round-to and --min-channels must be at least 1")
+
+
+def plan_from_counts(analysis: Analysis, scores: dict[int, np.ndarray], n_remove: dict[int, int]) -> PruningPlan:
+    """Remove the ``n_remove[g]`` lowest-scoring channels of each group; a group the criterion cannot rank
+    (NaN scores) is left whole and listed in ``meta.unscored_groups``."""
     plan = PruningPlan()
     unscored = []
     for g in analysis.groups:
-        if not g.prunable:
+        n = n_remove.get(g.id, 0)
+        if not g.prunable or n <= 0:
             continue
-        if np.isnan(scores[g.id]).any():  # the criterion cannot rank this group: leave it whole, say so
+        if np.isnan(scores[g.id]).any():
             unscored.append(g.id)
             continue
-        n_remove = g.channels - kept_count(g.channels, ratio, round_to, min_channels)
-        if n_remove <= 0:
-            continue
         order = np.argsort(scores[g.id], kind="stable")  # least important first
-        plan.remove[g.id] = sorted(int(c) for c in order[:n_remove])
+        plan.remove[g.id] = sorted(int(c) for c in order[:n])
     if unscored:
         plan.meta["unscored_groups"] = unscored
     return restore_emptied(analysis, plan, scores)
+
+
+def ratio_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio_of: Callable[[int], float],
+               round_to: int = 1, min_channels: int = 1) -> PruningPlan:
+    check_rounding(round_to, min_channels)
+    n_remove = {g.id: g.channels - kept_count(g.channels, ratio_of(g.id), round_to, min_channels)
+                for g in analysis.groups if g.prunable}
+    return plan_from_counts(analysis, scores, n_remove)
+
+
+def uniform_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
+                 min_channels: int = 1) -> PruningPlan:
+    check_ratio(ratio)
+    return ratio_plan(analysis, scores, lambda _: ratio, round_to, min_channels)

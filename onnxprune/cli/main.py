@@ -10,7 +10,7 @@ import logging
 import sys
 
 from ..errors import OnnxPruneError
-from . import analyze, bench, demo, prune
+from . import analyze, bench, demo, prune, sensitivity
 from . import eval as eval_cmd
 
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.register(sub)
     eval_cmd.register(sub)
     bench.register(sub)
+    sensitivity.register(sub)
     demo.register(sub)
     return p
 

@@ -26,6 +26,18 @@ def _ratio(text: str) -> float:
     return v
 
 
+def _round_to(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a positive integer or 'auto', got {text}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return v
+
+
 def register(sub) -> None:
     from .common import add_data_args, add_model_args, add_selection_args
 
@@ -37,9 +49,36 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="pruned model path (written atomically)")
     p.add_argument("--criterion", default="l1", help="channel importance: " + _criteria_help())
     p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of each prunable group's channels to remove")
-    p.add_argument("--target-macs", type=float, default=None, metavar="F",
-                   help="instead of --ratio: keep this fraction of the MACs (uniform ratio found by bisection)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept channels a multiple of N (e.g. 8 for tensor cores)")
+    a = p.add_argument_group("allocation (how many channels each group loses)")
+    a.add_argument("--target-macs", type=float, default=None, metavar="F",
+                   help="instead of --ratio: keep this fraction of the MACs (search over the ratio or global threshold)")
+    a.add_argument("--target-params", type=float, default=None, metavar="F",
+                   help="instead of --ratio: keep this fraction of the parameters")
+    a.add_argument("--global", dest="global_rank", action="store_true",
+                   help="rank channels across groups after --normalise; --ratio is then the fraction of all prunable "
+                        "channels removed")
+    a.add_argument("--normalise", default="l2", choices=["none", "l2", "max", "weak-layer"],
+                   help="per-group score normalisation for --global and --target-latency (default l2, Molchanov et al.)")
+    a.add_argument("--max-ratio", type=float, default=0.9, help="--global: never remove more of a group (default 0.9)")
+    a.add_argument("--strategy", default="independent", choices=["independent", "greedy"],
+                   help="l1/l2 (PFEC): greedy leaves out kernels reading channels already removed upstream")
+    a.add_argument("--sensitivity", metavar="FILE", help="sensitivity JSON from `onnxprune sensitivity`: each group "
+                   "gets the largest ratio whose measured drop stays under --max-drop")
+    a.add_argument("--max-drop", type=float, default=None, metavar="D",
+                   help="with --sensitivity: allowed drop per group (top-1 points, or agreement points without labels)")
+    a.add_argument("--steps", type=int, default=1, metavar="K",
+                   help="prune iteratively in K steps, re-scoring the partly pruned model between steps")
+    a.add_argument("--target-latency", type=float, default=None, metavar="F",
+                   help="keep this fraction of the latency measured on --backend (per-group latency table, cached "
+                        "as MODEL.latency.json)")
+    a.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "trt"], help="runtime for --target-latency "
+                   "and --round-to auto")
+    a.add_argument("--bench-threads", type=int, default=0, help="ort-cpu threads for latency measurements")
+    a.add_argument("--bench-batch", type=int, default=None, help="batch for latency measurements (default: the "
+                   "analysis shape)")
+    a.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
+                   help="kept channels a multiple of N (8/16 for onnxruntime CPU and tensor cores); auto: read the "
+                        "multiple off a latency staircase measured on --backend")
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
     p.add_argument("--combine", default="sum", choices=["sum", "mean", "max"],
                    help="how the scores of a group's producers combine into one channel score (default: sum)")
@@ -60,7 +99,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import prune
+    from ..allocation.allocate import Allocation
     from ..plan import PruningPlan
+    from ..load import parse_input_shapes
     from ..report_markdown import markdown, plots
     from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
     from .common import data_spec
@@ -70,26 +111,48 @@ def run(args: argparse.Namespace) -> int:
         if os.path.splitext(r)[1].lower() not in (".json", ".md"):
             raise OnnxPruneError(f"--report {r}: the name must end in .json or .md")
         check_output_path(r, [args.model, args.output])
-    if args.round_to < 1 or args.min_channels < 1:
-        raise OnnxPruneError("--round-to and --min-channels must be at least 1")
+    if args.min_channels < 1:
+        raise OnnxPruneError("--min-channels must be at least 1")
     plan = PruningPlan.load(args.plan) if args.plan else None
-    model, report = prune(args.model, args.criterion, args.ratio, round_to=args.round_to,
-                          min_channels=args.min_channels, exclude=args.exclude, input_shapes=args.input_shape,
+    sens = None
+    if args.sensitivity:
+        from ..allocation.sensitivity import load_sensitivity
+
+        sens = load_sensitivity(args.sensitivity)
+    alloc = Allocation(ratio=args.ratio, round_to=args.round_to, min_channels=args.min_channels,
+                       global_rank=args.global_rank, normalisation=args.normalise, max_ratio=args.max_ratio,
+                       strategy=args.strategy, target_macs=args.target_macs, target_params=args.target_params,
+                       target_latency=args.target_latency, sensitivity=sens, max_drop=args.max_drop,
+                       backend=args.backend, bench_batch=args.bench_batch, bench_threads=args.bench_threads,
+                       latency_cache=os.path.splitext(args.model)[0] + ".latency.json", nu=args.nu)
+    model, report = prune(args.model, args.criterion, exclude=args.exclude, input_shapes=args.input_shape,
                           plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed,
                           data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale,
-                          target_macs=args.target_macs)
+                          allocation=alloc, steps=args.steps, progress=not args.quiet)
     if not any(g["prunable"] for g in report.groups):
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
+    measured = None
+    if args.target_latency is not None:
+        from ..bench import benchmark
+
+        b = benchmark([args.model, args.output], args.backend, batch=args.bench_batch, threads=args.bench_threads,
+                      input_shapes=parse_input_shapes(args.input_shape), warmup=3, iters=30)
+        m = b.models[1]
+        measured = {"backend": b.runtime, "original_ms": b.models[0].stats["median_ms"], "pruned_ms": m.stats["median_ms"],
+                    "fraction": 1 / m.speedup, "speedup": m.speedup, "speedup_ci": m.speedup_ci}
     files = {"input_bytes": size_on_disk(args.model), "output_bytes": size_on_disk(args.output)}
     for r in args.report:
         if r.lower().endswith(".md"):
             pngs = plots(report, os.path.splitext(r)[0])
             save_text(markdown(report, args.model, args.output, files, pngs), r)
         else:
-            save_json({**report.to_json(), "files": files}, r)
+            save_json({**report.to_json(), "files": files, **({"latency": measured} if measured else {})}, r)
     if args.save_plan:
         save_json(report.plan, args.save_plan)
     print(report.summary())
+    if measured:
+        print(f"latency on {measured['backend']}: {measured['original_ms']:.2f} ms -> {measured['pruned_ms']:.2f} ms "
+              f"({measured['fraction']:.2f} of the original, predicted {report.plan['meta'].get('predicted_latency', 1):.2f})")
     print(f"wrote {args.output}")
     return 0

@@ -1,0 +1,111 @@
+"""One entry point from allocation settings to a plan: uniform, global, PFEC-greedy, sensitivity-driven,
+or latency-aware, optionally searched to a MACs/params target."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import OnnxPruneError
+from ..groups import Analysis
+from ..plan import PruningPlan
+from .global_rank import NORMALISATIONS, global_plan, normalise
+from .pfec_greedy import check_strategy, greedy_plan
+from .uniform import check_ratio, check_rounding, kept_count, ratio_plan, uniform_plan
+
+
+@dataclass
+class Allocation:
+    """How many channels each group loses. ``round_to`` 0 means "auto" (measured on ``backend``)."""
+
+    ratio: float = 0.3
+    round_to: int = 1
+    min_channels: int = 1
+    global_rank: bool = False
+    normalisation: str = "l2"
+    max_ratio: float = 0.9
+    strategy: str = "independent"
+    target_macs: float | None = None
+    target_params: float | None = None
+    target_latency: float | None = None
+    sensitivity: dict | None = None
+    max_drop: float | None = None
+    backend: str = "ort-cpu"
+    bench_batch: int | None = None
+    bench_threads: int = 0
+    latency_cache: str | None = None
+    nu: float = 0.9
+
+    def check(self, criterion: str) -> None:
+        check_ratio(self.ratio)
+        check_rounding(max(self.round_to, 1), self.min_channels)
+        check_strategy(self.strategy, criterion)
+        if self.normalisation not in NORMALISATIONS:
+            raise OnnxPruneError(f"unknown --normalise '{self.normalisation}'; choose from {', '.join(NORMALISATIONS)}")
+        targets = [t for t in ("target_macs", "target_params", "target_latency") if getattr(self, t) is not None]
+        if len(targets) > 1:
+            raise OnnxPruneError("give one of --target-macs, --target-params, --target-latency")
+        if (self.sensitivity is None) != (self.max_drop is None):
+            raise OnnxPruneError("--sensitivity and --max-drop go together")
+        modes = [self.global_rank, self.strategy == "greedy", self.sensitivity is not None, self.target_latency is not None]
+        if sum(modes) > 1:
+            raise OnnxPruneError("--global, --strategy greedy, --sensitivity and --target-latency are separate "
+                                 "allocations; choose one")
+        if self.sensitivity is not None and targets:
+            raise OnnxPruneError("--sensitivity/--max-drop sets each group's ratio itself; drop the target")
+
+    def meta(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in ("sensitivity", "latency_cache")}
+
+
+def allocate(graph, analysis: Analysis, scores: dict[int, np.ndarray], alloc: Allocation, criterion: str = "l1",
+             combine: str = "sum", progress: bool = False) -> PruningPlan:
+    alloc.check(criterion)
+    round_to = alloc.round_to
+    measured = {}
+    if round_to == 0:
+        from .latency import auto_round_to
+
+        round_to, measured = auto_round_to(graph, analysis, alloc.backend, alloc.bench_batch, alloc.bench_threads)
+    if alloc.target_latency is not None:
+        from .latency import latency_plan, latency_table
+
+        table = latency_table(graph, analysis, alloc.latency_cache, alloc.backend, alloc.bench_batch, alloc.bench_threads,
+                              round_to=round_to, min_channels=alloc.min_channels, progress=progress)
+        plan, _ = latency_plan(analysis, normalise(scores, alloc.normalisation, alloc.nu), table, alloc.target_latency)
+        plan.meta["latency_table_cached"] = table["cached"]
+    elif alloc.sensitivity is not None:
+        from .sensitivity import ratios_from_sensitivity
+
+        ratios = ratios_from_sensitivity(alloc.sensitivity, analysis, alloc.max_drop)
+        plan = ratio_plan(analysis, scores, lambda gid: ratios.get(gid, 0.0), round_to, alloc.min_channels)
+        plan.meta["group_ratios"] = {str(k): v for k, v in ratios.items()}
+    else:
+        if alloc.global_rank:
+            def make(x):
+                return global_plan(analysis, scores, x, max_ratio=alloc.max_ratio, round_to=round_to,
+                                   min_channels=alloc.min_channels, normalisation=alloc.normalisation, nu=alloc.nu)
+        elif alloc.strategy == "greedy":
+            ord_ = 1 if criterion == "l1" else 2
+
+            def make(x):
+                n = {g.id: g.channels - kept_count(g.channels, x, round_to, alloc.min_channels)
+                     for g in analysis.groups if g.prunable}
+                return greedy_plan(graph, analysis, n, ord_, combine)
+        else:
+            def make(x):
+                return uniform_plan(analysis, scores, x, round_to, alloc.min_channels)
+        metric = "macs" if alloc.target_macs is not None else "params" if alloc.target_params is not None else None
+        if metric:
+            from .targets import plan_for_target
+
+            target = alloc.target_macs if metric == "macs" else alloc.target_params
+            plan, _, knob = plan_for_target(graph, analysis, make, target, metric)
+            plan.meta["ratio" if not alloc.global_rank else "fraction"] = knob
+        else:
+            plan = make(alloc.ratio)
+    plan.meta.update({k: v for k, v in alloc.meta().items() if k not in plan.meta})
+    plan.meta["round_to"] = round_to
+    if measured:
+        plan.meta["round_to_auto"] = measured
+    return plan

@@ -1,0 +1,163 @@
+"""Latency-aware allocation measured on the serving runtime (HALP-style lookup table).
+
+Latency is a staircase in the channel count, not a line (onnxruntime's blocked convolution kernels want
+multiples of 8/16, TensorRT picks tactics per width), so MACs are a poor proxy. For every prunable group
+the model is timed with only that group narrowed to several widths, interleaved with the original
+(``bench``), which gives the latency saved per group and width. A plan's latency is predicted as the
+original's minus the sum of those savings; widths are chosen greedily by importance lost per
+millisecond saved until the prediction meets the budget, then the result is measured for real.
+
+The table is cached next to the model (``MODEL.latency.json``), keyed by the model's content, backend,
+batch, threads and runtime, so a second run reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import OnnxPruneError
+from ..groups import Analysis
+from ..plan import PruningPlan
+from .uniform import kept_count, plan_from_counts
+
+log = logging.getLogger(__name__)
+
+
+def _digest(model) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()[:24]
+
+
+def _widths(channels: int, points: int, round_to: int, min_channels: int) -> list[int]:
+    ws = {kept_count(channels, 1 - k / points, round_to, min_channels) for k in range(1, points + 1)}
+    return sorted(w for w in ws if w < channels)
+
+
+def _time_variants(graph, analysis, plans: list[PruningPlan], backend: str, batch, threads: int, iters: int):
+    """Median ms of the original and of each plan's model, measured interleaved."""
+    from ..bench import benchmark
+    from ..rewrite import apply_plan
+    from ..save import save_model
+
+    with tempfile.TemporaryDirectory(prefix="onnxprune-lat-") as tmp:
+        paths = [os.path.join(tmp, "original.onnx")]
+        save_model(graph.model, paths[0])
+        for k, plan in enumerate(plans):
+            paths.append(os.path.join(tmp, f"v{k}.onnx"))
+            save_model(apply_plan(graph, analysis, plan), paths[-1])
+        rep = benchmark(paths, backend, batch=batch, input_shapes=dict(graph.input_shapes) if batch is None else None,
+                        threads=threads, warmup=2, iters=iters)
+    return [m.stats["median_ms"] for m in rep.models]
+
+
+def _narrow(analysis: Analysis, gid: int, width: int) -> PruningPlan:
+    g = analysis.groups[gid]
+    return plan_from_counts(analysis, {gid: -np.arange(g.channels, dtype=float)}, {gid: g.channels - width})
+
+
+def latency_table(graph, analysis: Analysis, cache_path: str | None, backend: str = "ort-cpu", batch: int | None = None,
+                  threads: int = 0, points: int = 8, round_to: int = 1, min_channels: int = 1, iters: int = 10,
+                  progress: bool = False) -> dict:
+    from ..bench import BACKENDS
+
+    runtime = BACKENDS[backend].describe()
+    key = f"{_digest(graph.model)}|{backend}|{batch}|{threads}|{points}|{round_to}|{min_channels}|{runtime}"
+    cache = {}
+    if cache_path and os.path.exists(cache_path):
+        try:
+            cache = json.load(open(cache_path))
+        except ValueError:
+            cache = {}
+        if key in cache:
+            return {**cache[key], "cached": True}
+    groups = [g for g in analysis.groups if g.prunable]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(groups), desc=f"latency table ({backend})", unit="group", leave=False, disable=None)
+    table = {"original_ms": [], "groups": {}}
+    for g in groups:
+        ws = _widths(g.channels, points, round_to, min_channels)
+        if ws:
+            ms = _time_variants(graph, analysis, [_narrow(analysis, g.id, w) for w in ws], backend, batch, threads, iters)
+            # each group's row is relative to the original timed in the same interleaved run
+            table["groups"][str(g.id)] = {"widths": ws + [g.channels], "saved_ms": [ms[0] - m for m in ms[1:]] + [0.0]}
+            table["original_ms"].append(ms[0])
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    table["original_ms"] = float(np.median(table["original_ms"])) if table["original_ms"] else 0.0
+    if cache_path and os.access(os.path.dirname(os.path.abspath(cache_path)), os.W_OK):
+        from ..save import save_json
+
+        cache[key] = table
+        save_json(cache, cache_path)
+    elif cache_path:
+        log.warning("cannot cache the latency table: %s is not writable", os.path.dirname(os.path.abspath(cache_path)))
+    return {**table, "cached": False}
+
+
+def latency_plan(analysis: Analysis, scores: dict[int, np.ndarray], table: dict, keep_fraction: float) -> tuple[PruningPlan, float]:
+    """Greedy by importance lost per millisecond saved; returns (plan, predicted fraction of the latency)."""
+    if not 0.0 < keep_fraction <= 1.0:
+        raise OnnxPruneError(f"--target-latency must be in (0, 1], got {keep_fraction}")
+    l0 = table["original_ms"]
+    rows = {int(k): v for k, v in table["groups"].items()}
+    cur = {gid: len(v["widths"]) - 1 for gid, v in rows.items()}  # index of the current width (full)
+    order = {gid: np.sort(scores[gid]) for gid in rows if gid in scores and not np.isnan(scores[gid]).any()}
+    saved = 0.0
+    while l0 - saved > keep_fraction * l0:
+        best = None
+        for gid, i in cur.items():
+            if gid not in order:
+                continue
+            r = rows[gid]
+            full = r["widths"][-1]
+            for j in range(i):
+                gain = r["saved_ms"][j] - r["saved_ms"][i]
+                if gain <= 0:
+                    continue
+                lost = float(order[gid][full - r["widths"][i]:full - r["widths"][j]].sum())
+                cand = (lost / gain, gid, j, gain)
+                if best is None or cand < best:
+                    best = cand
+        if best is None:
+            break
+        _, gid, j, gain = best
+        cur[gid] = j
+        saved += gain
+    n_remove = {gid: rows[gid]["widths"][-1] - rows[gid]["widths"][i] for gid, i in cur.items()}
+    plan = plan_from_counts(analysis, scores, n_remove)
+    pred = (l0 - saved) / l0 if l0 else 1.0
+    plan.meta.update(allocation="latency", target_latency=keep_fraction, predicted_latency=pred)
+    return plan, pred
+
+
+def auto_round_to(graph, analysis: Analysis, backend: str = "ort-cpu", batch: int | None = None, threads: int = 0,
+                  span: int = 32, iters: int = 10, candidates=(32, 16, 8, 4, 2)) -> tuple[int, dict]:
+    """The channel multiple the runtime rewards, read off a measured staircase.
+
+    The group with the most MACs is timed at every width from W down to W - span (W: a multiple of
+    ``span`` near three quarters of its channels). The answer is the largest multiple m whose widths
+    are faster than the widths just below them (the step of the staircase) for most steps; else 1.
+    """
+    groups = [g for g in analysis.groups if g.prunable and g.channels > span + 1]
+    if not groups:
+        return 1, {}
+    g = max(groups, key=lambda g: g.macs)
+    top = max(span, (3 * g.channels // 4) // span * span)
+    widths = list(range(top, top - span - 1, -1))
+    ms = _time_variants(graph, analysis, [_narrow(analysis, g.id, w) for w in widths], backend, batch, threads, iters)
+    lat = dict(zip(widths, ms[1:]))
+    for m in candidates:
+        steps = [w for w in widths if w % m == 0 and w - 1 in lat and w - m // 2 in lat]
+        wins = [lat[w] < min(lat[w - k] for k in range(1, m // 2 + 1)) for w in steps]
+        if wins and sum(wins) >= 0.75 * len(wins):
+            return m, {"group": g.id, "latency_ms": lat}
+    return 1, {"group": g.id, "latency_ms": lat}

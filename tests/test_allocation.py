@@ -1,0 +1,199 @@
+"""Allocation: global ranking, targets, PFEC greedy, sensitivity, iterative steps, latency tables."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from graphs import G
+from onnxprune.allocation import latency as lat
+from onnxprune.allocation.allocate import Allocation, allocate
+from onnxprune.allocation.global_rank import global_plan
+from onnxprune.allocation.sensitivity import ratios_from_sensitivity
+from onnxprune.criteria import group_scores  # noqa: F401  (registers the criteria)
+from test_cli import run, small_model
+
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_256.npz")
+
+
+@pytest.mark.parametrize("model", ["resnet20.onnx", "vgg11_dynamo.onnx", "mbv2.onnx"])
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_global_targets_are_met_within_one_percent(shared_models, model, metric):
+    path = os.path.join(shared_models, model)
+    pruned, rep = onnxprune.prune(path, "l1", global_rank=True, **{f"target_{metric}": 0.5})
+    achieved = getattr(rep.after, metric) / getattr(rep.before, metric)
+    assert abs(achieved - 0.5) <= 0.005, achieved
+    assert rep.plan["meta"][f"achieved_{metric}"] == pytest.approx(achieved)
+    assert rep.verification["passed"]
+
+
+def test_max_ratio_is_never_exceeded(shared_models):
+    rep = onnxprune.analyze(os.path.join(shared_models, "resnet56.onnx"))
+    scores = onnxprune.score_groups(rep.graph, rep.analysis, "l1")
+    for max_ratio in (0.3, 0.6):
+        for norm in ("none", "l2", "max", "weak-layer"):
+            plan = global_plan(rep.analysis, scores, 0.5, max_ratio=max_ratio, normalisation=norm)
+            for g in rep.groups:
+                assert len(plan.remove.get(g.id, [])) <= int(max_ratio * g.channels), (norm, g.id)
+
+
+def test_normalisation_changes_the_global_ranking(shared_models):
+    rep = onnxprune.analyze(os.path.join(shared_models, "resnet20.onnx"))
+    scores = onnxprune.score_groups(rep.graph, rep.analysis, "l1")
+    plans = {n: global_plan(rep.analysis, scores, 0.3, normalisation=n).remove for n in ("none", "l2", "max")}
+    counts = {n: {g: len(c) for g, c in p.items()} for n, p in plans.items()}
+    assert counts["none"] != counts["l2"] and counts["l2"] != counts["max"]
+    total = sum(g.channels for g in rep.groups if g.prunable)
+    for c in counts.values():  # the same number of channels, spread differently
+        assert sum(c.values()) == int(0.3 * total)
+
+
+def _pfec_case():
+    """a (4 ch) -> relu -> b (4 ch) -> head. a's channel 0 is the weakest filter; b's filter 0 is large
+    only through its kernel on a's channel 0; b's filter 3 is uniformly small."""
+    b = G(shape=(1, 2, 6, 6))
+    wa = np.ones((4, 2, 1, 1), np.float32)
+    wa[0] *= 0.01
+    wb = np.full((4, 4, 1, 1), 1.0, np.float32)
+    wb[0] = 0.05
+    wb[0, 0] = 100.0
+    wb[3] = 0.2
+    a = b.op("Relu", [b.conv(b.x, 2, 4, k=1, name="a", w=wa)])
+    y = b.conv(b.op("Relu", [b.conv(a, 4, 4, k=1, name="b", w=wb)]), 4, 3, k=1, name="head")
+    b.output(y)
+    return b.model()
+
+
+def test_pfec_greedy_differs_from_independent_as_documented(tmp_path):
+    path = str(tmp_path / "pfec.onnx")
+    onnx.save(_pfec_case(), path)
+    removed = {}
+    for strategy in ("independent", "greedy"):
+        _, rep = onnxprune.prune(path, "l1", 0.25, strategy=strategy)
+        removed[strategy] = {tuple(g["sources"]): g["removed"] for g in rep.groups if g["removed"]}
+    assert removed["independent"][("a",)] == removed["greedy"][("a",)] == [0]
+    assert removed["independent"][("b",)] == [3]  # filter 0 looks big because of a's channel 0...
+    assert removed["greedy"][("b",)] == [0]  # ...which greedy no longer counts
+
+
+def test_greedy_needs_a_norm_criterion(tmp_path):
+    rc, _, err = run("prune", small_model(tmp_path), "-o", str(tmp_path / "o.onnx"), "--strategy", "greedy",
+                     "--criterion", "fpgm")
+    assert rc == 1 and "l1 or l2" in err
+
+
+def test_sensitivity_round_trips_into_an_allocation(shared_models, tmp_path):
+    src = os.path.join(shared_models, "resnet20.onnx")
+    stem = str(tmp_path / "sens")
+    rc, out, err = run("-q", "sensitivity", src, "--calib", SAMPLES, "--limit", "128", "--ratios", "0.3,0.7",
+                       "-o", stem)
+    assert rc == 0, err
+    res = json.loads(open(stem + ".json").read())
+    assert res["metric"] == "top1" and res["samples"] == 128
+    assert open(stem + ".png", "rb").read(4) == b"\x89PNG"
+    assert len(open(stem + ".csv").read().strip().splitlines()) == 1 + sum(len(g["points"]) for g in res["groups"])
+    for g in res["groups"]:
+        assert [p["ratio"] for p in g["points"]] == [0.3, 0.7]
+    drops = sorted(p["drop"] for g in res["groups"] for p in g["points"])
+    max_drop = drops[len(drops) // 2]
+    report = onnxprune.analyze(src)
+    ratios = ratios_from_sensitivity(res, report.analysis, max_drop)
+    out_model, rep_json = tmp_path / "p.onnx", tmp_path / "r.json"
+    rc, _, err = run("prune", src, "-o", str(out_model), "--sensitivity", stem + ".json", "--max-drop", str(max_drop),
+                     "--report", str(rep_json))
+    assert rc == 0, err
+    rep = json.loads(rep_json.read_text())
+    by_id = {g["id"]: g for g in rep["groups"]}
+    assert 0 < sum(1 for r in ratios.values() if r > 0) < len(ratios)  # the budget separates groups
+    for g in res["groups"]:
+        r = ratios[g["id"]]
+        assert len(by_id[g["id"]]["removed"]) == g["channels"] - onnxprune.allocation.kept_count(g["channels"], r)
+        if r > 0:
+            assert all(p["drop"] <= max_drop for p in g["points"] if p["ratio"] <= r)
+
+
+def test_sensitivity_parallel_equals_serial(shared_models):
+    src = os.path.join(shared_models, "resnet20.onnx")
+    data = onnxprune.DataSpec(SAMPLES, limit=64)
+    a = onnxprune.sensitivity(src, ratios=[0.5], data=data)
+    b = onnxprune.sensitivity(src, ratios=[0.5], data=data, jobs=2)
+    assert a["groups"] == b["groups"]
+
+
+def test_sensitivity_file_from_another_model_is_refused(shared_models, tmp_path):
+    res = {"format": "onnxprune.sensitivity/1", "groups": [{"id": 0, "sources": ["nope"], "points": []}]}
+    with pytest.raises(onnxprune.OnnxPruneError, match="does not match"):
+        ratios_from_sensitivity(res, onnxprune.analyze(os.path.join(shared_models, "resnet20.onnx")).analysis, 1.0)
+
+
+def test_iterative_steps_reach_the_target_and_verify(shared_models):
+    src = os.path.join(shared_models, "resnet20.onnx")
+    pruned, rep = onnxprune.prune(src, "l1", target_macs=0.5, steps=3)
+    assert abs(rep.after.macs / rep.before.macs - 0.5) <= 0.01
+    assert rep.verification["passed"] and len(rep.plan["meta"]["steps"]) == 2
+    with pytest.raises(onnxprune.OnnxPruneError, match="--steps"):
+        onnxprune.PruningPlan.from_json(rep.plan)
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_latency_table_is_cached_and_plan_meets_prediction(tmp_path):
+    path = small_model(tmp_path)
+    report = onnxprune.analyze(path)
+    cache = str(tmp_path / "m.latency.json")
+    t1 = lat.latency_table(report.graph, report.analysis, cache, "ort-cpu", threads=1, points=2, iters=3)
+    assert not t1["cached"] and os.path.exists(cache)
+    t2 = lat.latency_table(report.graph, report.analysis, cache, "ort-cpu", threads=1, points=2, iters=3)
+    assert t2["cached"] and t2["groups"] == t1["groups"]
+    # a different setting is a different table
+    t3 = lat.latency_table(report.graph, report.analysis, cache, "ort-cpu", threads=1, points=4, iters=3)
+    assert not t3["cached"] and len(json.load(open(cache))) == 2
+
+
+def test_latency_plan_prefers_cheap_importance_per_millisecond(tmp_path):
+    path = str(tmp_path / "two.onnx")
+    onnx.save(_pfec_case(), path)
+    report = onnxprune.analyze(path)
+    gids = [g.id for g in report.groups if g.prunable]
+    a, b = gids[0], gids[1]
+    # group a: a staircase, halving saves 4 ms; group b: halving saves 1 ms
+    table = {"original_ms": 10.0, "groups": {
+        str(a): {"widths": [2, 4], "saved_ms": [4.0, 0.0]},
+        str(b): {"widths": [2, 4], "saved_ms": [1.0, 0.0]}}}
+    scores = {g: np.ones(report.groups[g].channels) for g in gids}
+    plan, pred = lat.latency_plan(report.analysis, scores, table, 0.7)
+    assert len(plan.remove.get(a, [])) == 2 and not plan.remove.get(b) and pred == pytest.approx(0.6)
+    plan, pred = lat.latency_plan(report.analysis, scores, table, 0.55)
+    assert len(plan.remove[a]) == 2 and len(plan.remove[b]) == 2 and pred == pytest.approx(0.5)
+
+
+def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):
+    rep = onnxprune.analyze(os.path.join(shared_models, "vgg11.onnx"))
+
+    def staircase(graph, analysis, plans, *a, **k):
+        widths = [analysis.groups[next(iter(p.remove))].channels - len(next(iter(p.remove.values()))) for p in plans]
+        return [100.0] + [50.0 + 0.1 * w + (0.0 if w % 8 == 0 else 5.0) for w in widths]
+
+    monkeypatch.setattr(lat, "_time_variants", staircase)
+    m, info = lat.auto_round_to(rep.graph, rep.analysis)
+    assert m == 8 and len(info["latency_ms"]) == 33
+    plan = allocate(rep.graph, rep.analysis, onnxprune.score_groups(rep.graph, rep.analysis, "l1"),
+                    Allocation(ratio=0.3, round_to=0))
+    assert plan.meta["round_to"] == 8
+    for gid, removed in plan.remove.items():
+        assert (rep.groups[gid].channels - len(removed)) % 8 == 0
+
+
+def test_cli_target_latency_end_to_end(tmp_path):
+    path = small_model(tmp_path)
+    out, js = tmp_path / "o.onnx", tmp_path / "r.json"
+    rc, stdout, err = run("prune", path, "-o", str(out), "--target-latency", "0.9", "--bench-threads", "1",
+                          "--report", str(js))
+    assert rc == 0, err
+    meta = json.loads(js.read_text())["plan"]["meta"]
+    assert meta["allocation"] == "latency" and meta["predicted_latency"] <= 0.9 or not meta.get("predicted_latency")
+    assert os.path.exists(str(tmp_path / "m.latency.json"))
+    assert "latency" in stdout
