@@ -40,7 +40,11 @@ def variants(name: str, workdir: str) -> tuple[str, list[dict]]:
         for r in ROUND_TO:
             path = os.path.join(workdir, f"{name}_m{int(red * 100)}_r{r}.onnx")
             t = time.perf_counter()
-            model, rep = onnxprune.prune(graph, "l1", target_macs=1 - red, round_to=r)
+            try:
+                model, rep = onnxprune.prune(graph, "l1", target_macs=1 - red, round_to=r)
+            except onnxprune.OnnxPruneError as e:  # e.g. rounding makes the uniform target unreachable
+                print(f"{name} -{int(red * 100)}% round-to {r}: {e}", flush=True)
+                continue
             save_model(model, path)
             out.append({"reduction": red, "round_to": r, "path": path, "prune_s": round(time.perf_counter() - t, 2),
                         "macs_ratio": rep.before.macs / rep.after.macs, "exact": rep.verification["passed"]})
@@ -66,6 +70,10 @@ def main() -> None:
         rows = [r for r in json.load(open(args.out))["rows"] if r["model"] not in args.models.split(",")]
     for name in args.models.split(","):
         src, vs = variants(name, args.workdir)
+        missing = [(red, r) for red in REDUCTIONS for r in ROUND_TO
+                   if not any(v["reduction"] == red and v["round_to"] == r for v in vs)]
+        for red, r in missing:
+            rows.append({"model": name, "reduction": red, "round_to": r, "unreachable": True})
         for b in (int(x) for x in args.batches.split(",")):
             backends = [("ort-cpu", False)] + ([("trt", True)] if trt_reason is None else [])
             for backend, fp16 in backends:
@@ -95,6 +103,10 @@ def table(data: dict) -> str:
            " | speedup / MACs ratio (b1) |"
     lines = [head, "|---|---:|---:|---:|" + "---:|" * len(keys) + "---:|"]
     for r in rows:
+        if r.get("unreachable"):
+            lines.append(f"| {r['model']} | {int(r['reduction'] * 100)}% | {r['round_to']} | target not reachable "
+                         f"with uniform allocation at this rounding |" + " |" * (len(keys) + 1))
+            continue
         cells = [f"{r[k]['speedup']:.2f} ({r[k]['ci'][0]:.2f}-{r[k]['ci'][1]:.2f})" if k in r else "–" for k in keys]
         b1 = next((r[k]["speedup"] for k in keys if k.startswith("ort-cpu@b1") and k in r), None)
         eff = f"{b1 / r['macs_ratio']:.2f}" if b1 else "–"

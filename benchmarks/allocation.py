@@ -1,0 +1,159 @@
+"""Allocation strategies side by side.
+
+    python benchmarks/allocation.py [--readme README.md] [--skip-latency]
+
+1. Fashion-MNIST models (../shared/models, legacy exports): top-1 on the 10,000 test images at 50% of the
+   MACs, same criterion (l1) for every allocation: uniform, global with per-group L2 normalisation,
+   global with the weak-layer penalty, and sensitivity-driven (sensitivity measured on the 512
+   calibration images, which are *training* images; then the largest --max-drop whose plan still keeps
+   at least half the MACs, found by bisection on the drop budget). No fine-tuning.
+2. torchvision resnet50 and mobilenet_v2 (random weights, 224x224, batch 1, 2 threads): latency reached
+   by --target-latency 0.5 against --target-macs 0.5 (--round-to 1 and 16), measured side by side on
+   onnxruntime CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+import onnxprune  # noqa: E402
+from onnxprune import zoo  # noqa: E402
+from onnxprune.bench import benchmark  # noqa: E402
+from onnxprune.errors import OnnxPruneError  # noqa: E402
+from onnxprune.save import save_model  # noqa: E402
+from _common import machine, replace_section  # noqa: E402
+
+SHARED = os.path.join(HERE, "..", "..", "shared")
+TARGET = 0.5
+
+
+def sensitivity_plan(path, sens, target):
+    """The largest drop budget whose sensitivity allocation still keeps >= target of the MACs."""
+    lo, hi = 0.0, 100.0
+    best = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        pruned, rep = onnxprune.prune(path, "l1", sensitivity=sens, max_drop=mid, verify_rewrite=False)
+        frac = rep.after.macs / rep.before.macs
+        if frac >= target:
+            best, lo = (pruned, rep, mid), mid
+        else:
+            hi = mid
+    return best
+
+
+def accuracy_rows(models, test, train):
+    info = json.load(open(os.path.join(SHARED, "models", "models.json")))
+    rows = []
+    for name in models:
+        path = os.path.join(SHARED, "models", info[name]["legacy_export"])
+        graph = onnxprune.load(path)
+        base = onnxprune.evaluate(graph, onnxprune.DataSpec(test, batch_size=500))["top1"]
+        row = {"model": name, "original_top1": round(base, 2)}
+        variants = {"uniform": {}, "global-l2": {"global_rank": True, "normalisation": "l2"},
+                    "global-weak-layer": {"global_rank": True, "normalisation": "weak-layer"}}
+        for label, kw in variants.items():
+            t = time.perf_counter()
+            try:
+                pruned, rep = onnxprune.prune(path, "l1", target_macs=TARGET, **kw)
+            except OnnxPruneError as e:
+                row[label] = {"error": str(e)}
+                continue
+            acc = onnxprune.evaluate(pruned, onnxprune.DataSpec(test, batch_size=500))["top1"]
+            row[label] = {"top1": round(acc, 2), "macs": round(rep.after.macs / rep.before.macs, 3),
+                          "time_s": round(time.perf_counter() - t, 1)}
+        t = time.perf_counter()
+        sens = onnxprune.sensitivity(path, "l1", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+                                     data=onnxprune.DataSpec(train, batch_size=256), jobs=2)
+        best = sensitivity_plan(path, sens, TARGET)
+        if best:
+            pruned, rep, drop = best
+            acc = onnxprune.evaluate(pruned, onnxprune.DataSpec(test, batch_size=500))["top1"]
+            row["sensitivity"] = {"top1": round(acc, 2), "macs": round(rep.after.macs / rep.before.macs, 3),
+                                  "max_drop": round(drop, 2), "time_s": round(time.perf_counter() - t, 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def latency_rows(models, workdir):
+    rows = []
+    for name in models:
+        src = os.path.join(workdir, f"{name}.onnx")
+        if not os.path.exists(src):
+            zoo.export(name, src, size=224)
+        paths, labels = [src], ["original"]
+        for label, kw in (("target-macs 0.5, round-to 1", {"target_macs": TARGET}),
+                          ("target-macs 0.5, round-to 16", {"target_macs": TARGET, "round_to": 16}),
+                          ("target-latency 0.5", {"target_latency": TARGET, "bench_threads": 2,
+                                                  "latency_cache": os.path.join(workdir, f"{name}.latency.json")})):
+            t = time.perf_counter()
+            pruned, rep = onnxprune.prune(src, "l1", progress=True, **kw)
+            out = os.path.join(workdir, f"{name}_{len(paths)}.onnx")
+            save_model(pruned, out)
+            paths.append(out)
+            labels.append(label)
+            print(f"{name} {label}: MACs {rep.after.macs / rep.before.macs:.3f}, "
+                  f"predicted latency {rep.plan['meta'].get('predicted_latency', '-')}, {time.perf_counter() - t:.0f}s",
+                  flush=True)
+        b = benchmark(paths, "ort-cpu", threads=2, warmup=3, iters=30, progress=True)
+        for label, m, p in zip(labels[1:], b.models[1:], paths[1:]):
+            macs = onnxprune.analyze(p).counts.macs / onnxprune.analyze(src).counts.macs
+            rows.append({"model": name, "allocation": label, "macs": round(macs, 3),
+                         "latency": round(1 / m.speedup, 3), "ci": [round(1 / x, 3) for x in m.speedup_ci[::-1]],
+                         "original_ms": round(b.models[0].stats["median_ms"], 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet20,resnet56,vgg11,mbv2")
+    ap.add_argument("--latency-models", default="resnet50,mobilenet_v2")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--workdir", default=os.path.join(HERE, "out", "allocation-models"))
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "allocation.json"))
+    ap.add_argument("--readme")
+    args = ap.parse_args()
+    calib_dir = os.path.join(HERE, "..", "calib", "out")
+    test, train = os.path.join(calib_dir, "fmnist_test.npz"), os.path.join(calib_dir, "fmnist_calib.npz")
+    if not os.path.exists(test):
+        subprocess.run([sys.executable, os.path.join(HERE, "..", "calib", "fashion_mnist.py")], check=True)
+    os.makedirs(args.workdir, exist_ok=True)
+    data = {"machine": machine(), "accuracy": accuracy_rows(args.models.split(","), test, train)}
+    with open(args.out, "w") as f:
+        json.dump(data, f, indent=1)
+    if not args.skip_latency:
+        data["latency"] = latency_rows(args.latency_models.split(","), args.workdir)
+        with open(args.out, "w") as f:
+            json.dump(data, f, indent=1)
+    if args.readme:
+        replace_section(args.readme, "allocation", table(data))
+
+
+def table(data: dict) -> str:
+    cols = ["uniform", "global-l2", "global-weak-layer", "sensitivity"]
+    lines = ["| model (original top-1) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in data["accuracy"]:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("–" if not v or "error" in v else f"{v['top1']:.2f} (MACs {v['macs']:.2f})")
+        lines.append(f"| {r['model']} ({r['original_top1']:.2f}) | " + " | ".join(cells) + " |")
+    if data.get("latency"):
+        lines += ["", "| model | allocation | MACs kept | latency kept (95% CI) | original |", "|---|---|---:|---:|---:|"]
+        for r in data["latency"]:
+            lines.append(f"| {r['model']} | {r['allocation']} | {r['macs']:.3f} | {r['latency']:.3f} "
+                         f"({r['ci'][0]:.3f}-{r['ci'][1]:.3f}) | {r['original_ms']:.1f} ms |")
+    lines += ["", f"Machine: {data['machine']}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
