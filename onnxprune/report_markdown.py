@@ -72,18 +72,26 @@ def markdown(report: PruneReport, model: str = "", output: str = "", files: dict
     return "\n".join(lines) + "\n"
 
 
-def plots(report: PruneReport, stem: str) -> list[str]:
-    """PNG plots next to the report: channels per group before/after, MACs and params before/after.
-
-    Returns the paths written; an empty list (with a warning naming the fix) without matplotlib.
-    """
+def pyplot(consequence: str):
+    """matplotlib's pyplot on the file-only Agg backend, or None with a warning naming the fix."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed: the Markdown report has no plots (pip install 'onnxprune[report]')")
+        log.warning("matplotlib is not installed: %s (pip install 'onnxprune[report]')", consequence)
+        return None
+    return plt
+
+
+def plots(report: PruneReport, stem: str) -> list[str]:
+    """PNG plots next to the report: channels per group before/after, MACs and params before/after.
+
+    Returns the paths written; an empty list (with a warning naming the fix) without matplotlib.
+    """
+    plt = pyplot("the Markdown report has no plots")
+    if plt is None:
         return []
     from .save import atomic_write
 

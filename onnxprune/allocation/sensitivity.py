@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
 
 import numpy as np
@@ -18,7 +17,6 @@ from ..errors import OnnxPruneError
 from ..groups import Analysis
 from .uniform import kept_count, plan_from_counts
 
-log = logging.getLogger(__name__)
 FORMAT = "onnxprune.sensitivity/1"
 _STATE: dict = {}
 
@@ -142,15 +140,12 @@ def to_csv(result: dict) -> str:
 
 def plot(result: dict, path: str) -> bool:
     """One curve per group (Li et al. Fig. 2b); False (with a warning) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no sensitivity plot (pip install 'onnxprune[report]')")
-        return False
+    from ..report_markdown import pyplot
     from ..save import atomic_write
+
+    plt = pyplot("no sensitivity plot")
+    if plt is None:
+        return False
 
     metric = result["metric"]
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -54,6 +54,11 @@ def _ck(ret, what: str):
     return ret[1] if len(ret) > 1 else None
 
 
+def _gpu_name(cudart) -> str:
+    prop = _ck(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+    return prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+
+
 def _weak_fp16(trt) -> bool:
     """TensorRT 10 takes FP16 as a builder flag; 11 removed it (strong typing only)."""
     return hasattr(trt.BuilderFlag, "FP16")
@@ -85,8 +90,7 @@ def _fp16_model_bytes(path: str) -> bytes:
 def build_engine(path: str, shapes: dict[str, tuple[int, ...]], fp16: bool, cache_dir: str) -> bytes:
     trt, cudart = _modules()
     os.makedirs(cache_dir, exist_ok=True)
-    err, prop = cudart.cudaGetDeviceProperties(0)
-    gpu = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+    gpu = _gpu_name(cudart)
     key = hashlib.sha256(repr((_model_digest(path), sorted(shapes.items()), fp16, trt.__version__, gpu))
                          .encode()).hexdigest()[:32]
     engine_path = os.path.join(cache_dir, f"{key}.engine")
@@ -191,6 +195,4 @@ def prepare(path: str, feeds: dict[str, np.ndarray], fp16: bool = False, cache_d
 
 def describe() -> str:
     trt, cudart = _modules()
-    err, prop = cudart.cudaGetDeviceProperties(0)
-    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    return f"TensorRT {trt.__version__} on {name}"
+    return f"TensorRT {trt.__version__} on {_gpu_name(cudart)}"
