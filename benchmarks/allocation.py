@@ -1,6 +1,6 @@
 """Allocation strategies side by side.
 
-    python benchmarks/allocation.py [--readme README.md] [--skip-latency]
+    python benchmarks/allocation.py [--readme README.md] [--skip-latency | --skip-accuracy]
 
 1. Fashion-MNIST models (../shared/models, legacy exports): top-1 on the 10,000 test images at 50% of the
    MACs, same criterion (ThiNet with least squares, 500 samples per layer) for every allocation: uniform, global with per-group L2 normalisation,
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,vgg11,mbv2")
     ap.add_argument("--latency-models", default="resnet50,mobilenet_v2")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true", help="keep the accuracy rows already in --out")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out", "allocation-models"))
     ap.add_argument("--out", default=os.path.join(HERE, "out", "allocation.json"))
     ap.add_argument("--readme")
@@ -135,7 +136,11 @@ def main() -> None:
     if not os.path.exists(test):
         subprocess.run([sys.executable, os.path.join(HERE, "..", "calib", "fashion_mnist.py")], check=True)
     os.makedirs(args.workdir, exist_ok=True)
-    data = {"machine": machine(), "accuracy": accuracy_rows(args.models.split(","), test, train)}
+    if args.skip_accuracy:
+        with open(args.out) as f:
+            data = {"machine": machine(), "accuracy": json.load(f)["accuracy"]}
+    else:
+        data = {"machine": machine(), "accuracy": accuracy_rows(args.models.split(","), test, train)}
     with open(args.out, "w") as f:
         json.dump(data, f, indent=1)
     if not args.skip_latency:

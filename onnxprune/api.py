@@ -15,6 +15,7 @@ from .errors import OnnxPruneError, VerificationError
 from .groups import analyse
 from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_model
 from .plan import PruningPlan
+from .recovery import Recovery, RecoveryOptions, run_recovery
 from .report import AnalysisReport, PruneReport
 from .rewrite import apply_plan, check_rewrite
 from .verify import verify
@@ -83,12 +84,16 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
           exclude=(), input_shapes=None, plan: PruningPlan | None = None, verify_rewrite: bool = True,
           combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9, samples: int = 2000,
           rescale: bool = True, target_macs: float | None = None, allocation: Allocation | None = None,
-          steps: int = 1, progress: bool = False, **allocation_options) -> tuple[onnx.ModelProto, PruneReport]:
+          steps: int = 1, progress: bool = False, reconstruct: bool | None = None, bias_compensation: bool = False,
+          recalibrate: bool = False, recovery: RecoveryOptions | None = None,
+          **allocation_options) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
     instead of scoring and allocating. ``allocation`` (or its fields as keyword arguments: ``global_rank``,
     ``normalisation``, ``max_ratio``, ``strategy``, ``target_params``, ``target_latency``, ``sensitivity``,
     ``max_drop``, ``backend``...) chooses how many channels each group loses. ``steps`` > 1 prunes
-    iteratively, re-scoring the partly pruned model between steps (Molchanov et al.)."""
+    iteratively, re-scoring the partly pruned model between steps (Molchanov et al.), with the recovery
+    steps after every step. Recovery (``recovery`` or the shorthands ``reconstruct``, ``bias_compensation``,
+    ``recalibrate``) runs after the verified rewrite; reconstruction is on by default when ``data`` is given."""
     t0 = time.perf_counter()
     alloc = allocation or Allocation(ratio=ratio, round_to=round_to, min_channels=min_channels, target_macs=target_macs,
                                      nu=nu, **allocation_options)
@@ -99,9 +104,12 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
     if steps > 1 and (plan is not None or alloc.sensitivity is not None or alloc.target_latency is not None):
         raise OnnxPruneError("--steps works with --ratio, --target-macs and --target-params, not with a replayed plan, "
                              "--sensitivity or --target-latency")
+    recovery = recovery or RecoveryOptions(reconstruct, bias_compensation, recalibrate)
+    if data is None and (recovery.reconstruct or recovery.bias_compensation or recovery.recalibrate):
+        raise OnnxPruneError("--reconstruct, --bias-compensation and --recalibrate need calibration data (--calib)")
     report = analyze(model, input_shapes, exclude)
     opts = dict(criterion=criterion, combine=combine, seed=seed, data=data, nu=nu, samples=samples, rescale=rescale,
-                verify_rewrite=verify_rewrite, progress=progress)
+                verify_rewrite=verify_rewrite, progress=progress, recovery=recovery)
     if steps == 1:
         pruned, rep = _prune_once(report, alloc, plan, **opts)
     else:
@@ -118,7 +126,7 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
     from dataclasses import replace
 
     before = report.counts
-    current, step_plans, rescaled, timings = report, [], [], {}
+    current, step_plans, rescaled, timings, recovered = report, [], [], {}, {}
     for s in range(1, steps + 1):
         done_macs = current.counts.macs / before.macs
         done_params = current.counts.params / before.params
@@ -133,6 +141,9 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
         pruned, rep = _prune_once(current, replace(alloc, **kw), None, **opts)
         step_plans.append(rep.plan)
         rescaled += rep.rescaled
+        for k, v in rep.recovery.items():
+            if isinstance(v, list):
+                recovered.setdefault(k, []).extend(v)
         for k, v in rep.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)
         if s < steps:
@@ -140,11 +151,12 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
     rep.before = before
     rep.plan = {**rep.plan, "meta": {**rep.plan["meta"], "steps": step_plans[:-1], "step": steps}}
     rep.rescaled, rep.timings = rescaled, timings
+    rep.recovery = {**rep.recovery, **recovered}
     return pruned, rep
 
 
 def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | None, *, criterion, combine, seed,
-                data, nu, samples, rescale, verify_rewrite, progress):
+                data, nu, samples, rescale, verify_rewrite, progress, recovery):
     graph, analysis = report.graph, report.analysis
     timings = {}
     if plan is None:
@@ -168,7 +180,9 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
             raise VerificationError(f"rewrite is not exact: max |diff| {res.max_abs_diff:.3e} exceeds tolerance "
                                     f"(relative {res.max_rel_diff:.3e} > {res.tolerance:.1e}); output not written")
     rescaled: list[str] = []
-    if rescale and plan.meta.get("criterion") == "thinet" and plan.remove:
+    recovered: dict = {}
+    reconstructing = recovery.reconstruct or (recovery.reconstruct is None and data is not None)
+    if rescale and plan.meta.get("criterion") == "thinet" and plan.remove and not reconstructing:
         # after verification on purpose: the structural rewrite is proven exact first, then ThiNet's
         # least squares deliberately changes the kept weights of the layers that lost inputs
         from .criteria.thinet import rescale as thinet_rescale
@@ -176,6 +190,13 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
         t = time.perf_counter()
         rescaled = thinet_rescale(graph, analysis, plan, pruned, as_data(data), samples, seed)
         timings["rescale"] = time.perf_counter() - t
+    if recovery.active(data is not None) and plan.remove:
+        # after verification on purpose, like ThiNet's rescaling: the structure is proven exact first,
+        # then recovery changes weights (and may add a bias input) without touching shapes
+        t = time.perf_counter()
+        recovered = run_recovery(Recovery(graph, analysis, plan, pruned), as_data(data), recovery, seed, progress)
+        check_rewrite(graph, analysis, plan, pruned)
+        timings["recovery"] = time.perf_counter() - t
     after = count(pruned, infer_shapes(pruned, graph.input_shapes))
     groups = []
     for g in analysis.groups:
@@ -185,7 +206,7 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
                        "reason": g.reason, "macs": int(g.macs), "removed": removed,
                        "kept": [c for c in range(g.channels) if c not in gone]})
     rep = PruneReport(report.counts, after, plan.to_json(analysis), plan.meta.get("criterion", criterion), ver,
-                      {k: round(v, 4) for k, v in timings.items()}, groups, rescaled)
+                      {k: round(v, 4) for k, v in timings.items()}, groups, rescaled, recovered)
     return pruned, rep
 
 
@@ -203,10 +224,64 @@ def sensitivity(model, criterion: str = "l1", ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0
     return res
 
 
+def _plan_of(plan, analysis) -> PruningPlan:
+    if isinstance(plan, PruningPlan):
+        out = plan
+    elif isinstance(plan, dict):
+        out = PruningPlan.from_json(plan)
+    else:
+        out = PruningPlan.load(os.fspath(plan))
+    out.validate(analysis)
+    return out
+
+
+def recover(original, pruned, plan, data, *, reconstruct: bool = True, bias_compensation: bool = False,
+            recalibrate: bool = False, samples: int = 8192, ridge: float = 1e-3, input_shapes=None, seed: int = 0,
+            progress: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Recovery steps on a model that ``prune`` made from ``original`` with ``plan`` (a PruningPlan, its JSON,
+    or a saved plan file). Returns a new ModelProto; ``pruned`` is not modified. The pruned model is checked
+    against the plan first, so a model from another plan is refused rather than silently mis-fitted."""
+    report = analyze(original, input_shapes)
+    the_plan = _plan_of(plan, report.analysis)
+    src = read_model(pruned) if isinstance(pruned, (str, os.PathLike)) else pruned
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    try:
+        check_rewrite(report.graph, report.analysis, the_plan, model)
+    except OnnxPruneError as e:
+        raise OnnxPruneError(f"the pruned model does not match this original and plan: {e}") from None
+    if data is None:
+        raise OnnxPruneError("recovery needs calibration data (--calib)")
+    opts = RecoveryOptions(reconstruct, bias_compensation, recalibrate, samples, ridge)
+    info = run_recovery(Recovery(report.graph, report.analysis, the_plan, model), as_data(data), opts, seed, progress)
+    check_rewrite(report.graph, report.analysis, the_plan, model)
+    return model, info
+
+
+def finetune(pruned, teacher, data, *, epochs: int = 1, lr: float = 1e-4, temperature: float = 4.0,
+             label_weight: float = 0.0, device: str = "cpu", eval_data=None, input_shapes=None,
+             progress: bool = True, log=print):
+    """Distil ``teacher`` (the original) into ``pruned`` through torch; returns a FinetuneResult whose
+    ``model`` is a new ModelProto with the same graph and trained weights."""
+    from .recovery.finetune import finetune as _finetune
+
+    student = load(pruned, input_shapes)  # normalise copies: the caller's model is left as it is
+    teacher_graph = teacher if isinstance(teacher, Graph) else load(teacher, input_shapes)
+    if [i.name for i in _graph_inputs(student)] != [i.name for i in _graph_inputs(teacher_graph)]:
+        raise OnnxPruneError("--teacher must have the same inputs as the pruned model")
+    return _finetune(student, teacher_graph, as_data(data), epochs=epochs, lr=lr, temperature=temperature,
+                     label_weight=label_weight, device=device, eval_data=as_data(eval_data), progress=progress, log=log)
+
+
+def _graph_inputs(graph: Graph):
+    return [i for i in graph.model.graph.input if i.name not in graph.consts]
+
+
 def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     dst.producer_name = src.producer_name or dst.producer_name
     entry = dst.metadata_props.add()
     entry.key, entry.value = "onnxprune", "pruned"
 
 
-__all__ = ["load", "analyze", "prune", "score_groups", "evaluate", "sensitivity", "Allocation", "OnnxPruneError"]
+__all__ = ["load", "analyze", "prune", "score_groups", "evaluate", "sensitivity", "recover", "finetune", "Allocation",
+           "OnnxPruneError"]

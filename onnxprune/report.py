@@ -64,11 +64,13 @@ class PruneReport:
     timings: dict = field(default_factory=dict)
     groups: list[dict] = field(default_factory=list)
     rescaled: list[str] = field(default_factory=list)  # consumers whose weights ThiNet's least squares changed
+    recovery: dict = field(default_factory=dict)  # layers changed by each recovery step, skipped layers, times
 
     def to_json(self) -> dict:
         return {
             "criterion": self.criterion,
             "rescaled_consumers": self.rescaled,
+            "recovery": self.recovery,
             "before": self.before.to_json(),
             "after": self.after.to_json(),
             "macs_ratio": self.after.macs / max(self.before.macs, 1),

@@ -7,7 +7,8 @@ import onnx
 from .errors import OnnxPruneError
 
 
-def make_session(model: onnx.ModelProto | bytes, optimize: bool = True, threads: int = 0):
+def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, threads: int = 0):
+    """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -16,6 +17,8 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool = True, threads:
         so.intra_op_num_threads = threads
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif optimize == "extended":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
@@ -41,4 +44,7 @@ def session_with_outputs(model: onnx.ModelProto, names):
     for name in names:
         if name not in have:
             m.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return make_session(m)
+    # onnxruntime 1.31's NCHWc layout transformer (ORT_ENABLE_ALL) drops a Conv output that is also a graph
+    # output when a residual Add follows ("Failed to find node output ... producing output"), seen on
+    # pruned resnet20; the layout pass only changes speed, so intermediate reads skip it
+    return make_session(m, optimize="extended")

@@ -36,12 +36,13 @@ def _ints(t):
 class TorchGraph:
     """Callable over feed dicts; ``keep`` names intermediate tensors to return (with retained grads)."""
 
-    def __init__(self, model: onnx.ModelProto, consts: dict[str, np.ndarray]):
+    def __init__(self, model: onnx.ModelProto, consts: dict[str, np.ndarray], device: str = "cpu"):
         import torch
 
         self.torch = torch
         self.model = model
-        self.consts = {k: torch.from_numpy(np.array(v)) for k, v in consts.items()}
+        self.device = torch.device(device)
+        self.consts = {k: torch.from_numpy(np.array(v)).to(self.device) for k, v in consts.items()}
         missing = sorted({n.op_type for n in model.graph.node if n.op_type not in OPS})
         if missing:
             raise OnnxPruneError(f"torch evaluation does not support op(s) {', '.join(missing)}")
@@ -50,14 +51,17 @@ class TorchGraph:
         """Outputs and the ``keep`` tensors; ``edit`` maps a tensor name to a function applied where it is
         produced (finite-difference checks); ``grad`` makes float inputs require grad so every
         intermediate tensor can retain its gradient."""
+        with self.torch.device(self.device):  # tensors the ops create (Shape, Range...) land beside the data
+            return self._run(feeds, keep, edit or {}, grad)
+
+    def _run(self, feeds, keep, edit, grad):
         torch = self.torch
         env = dict(self.consts)
         for k, v in feeds.items():
-            tv = torch.from_numpy(np.asarray(v))
+            tv = torch.from_numpy(np.asarray(v)).to(self.device)
             if grad and tv.is_floating_point():
                 tv.requires_grad_(True)
             env[k] = tv
-        edit = edit or {}
         kept = {}
         for node in self.model.graph.node:
             ins = [env[i] if i else None for i in node.input]
@@ -120,7 +124,7 @@ def _identity(t, x, a, n):
 
 @op("Cast", "CastLike")
 def _cast(t, x, a, n):
-    to = a["to"] if n.op_type == "Cast" else helper.np_dtype_to_tensor_dtype(x[1].numpy().dtype)
+    to = a["to"] if n.op_type == "Cast" else helper.np_dtype_to_tensor_dtype(x[1].cpu().numpy().dtype)
     return x[0].to(getattr(t, np.dtype(helper.tensor_dtype_to_np_dtype(to)).name.replace("bool", "bool")))
 
 
@@ -289,7 +293,7 @@ def _gpool(t, x, a, n):
 def _axes(x, a, default_all, rank):
     axes = a.get("axes")
     if axes is None and len(x) > 1 and x[1] is not None:
-        axes = _ints(x[1].numpy())
+        axes = _ints(x[1].cpu().numpy())
     if not axes:
         return None if a.get("noop_with_empty_axes", 0) else list(range(rank)) if default_all else []
     return [v % rank for v in axes]
@@ -320,7 +324,7 @@ def _reduce(t, x, a, n):
 # --- layout --------------------------------------------------------------------------------------------
 @op("Reshape")
 def _reshape(t, x, a, n):
-    shape = _ints(x[1].numpy())
+    shape = _ints(x[1].cpu().numpy())
     if not a.get("allowzero", 0):
         shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
     return x[0].reshape(shape)
@@ -339,7 +343,7 @@ def _transpose(t, x, a, n):
 
 @op("Squeeze")
 def _squeeze(t, x, a, n):
-    axes = a.get("axes") or (_ints(x[1].numpy()) if len(x) > 1 and x[1] is not None else None)
+    axes = a.get("axes") or (_ints(x[1].cpu().numpy()) if len(x) > 1 and x[1] is not None else None)
     if axes is None:
         return x[0].squeeze()
     out = x[0]
@@ -350,7 +354,7 @@ def _squeeze(t, x, a, n):
 
 @op("Unsqueeze")
 def _unsqueeze(t, x, a, n):
-    axes = a.get("axes") or _ints(x[1].numpy())
+    axes = a.get("axes") or _ints(x[1].cpu().numpy())
     out = x[0]
     rank = x[0].dim() + len(axes)
     for ax in sorted(v % rank for v in axes):
@@ -368,7 +372,7 @@ def _split(t, x, a, n):
     axis = a.get("axis", 0)
     dim = x[0].shape[axis]
     if len(x) > 1 and x[1] is not None:
-        sizes = _ints(x[1].numpy())
+        sizes = _ints(x[1].cpu().numpy())
     elif "split" in a:
         sizes = list(a["split"])
     else:
@@ -380,9 +384,9 @@ def _split(t, x, a, n):
 
 @op("Slice")
 def _slice(t, x, a, n):
-    starts, ends = _ints(x[1].numpy()), _ints(x[2].numpy())
-    axes = _ints(x[3].numpy()) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
-    steps = _ints(x[4].numpy()) if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    starts, ends = _ints(x[1].cpu().numpy()), _ints(x[2].cpu().numpy())
+    axes = _ints(x[3].cpu().numpy()) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = _ints(x[4].cpu().numpy()) if len(x) > 4 and x[4] is not None else [1] * len(starts)
     out = x[0]
     for s, e, ax, st in zip(starts, ends, axes, steps):
         dim = out.shape[ax]
@@ -403,13 +407,13 @@ def _gather(t, x, a, n):
 
 @op("Expand")
 def _expand(t, x, a, n):
-    shape = _ints(x[1].numpy())
+    shape = _ints(x[1].cpu().numpy())
     return x[0] * t.ones(shape, dtype=x[0].dtype) if x[0].dtype != t.bool else x[0].expand(*shape)
 
 
 @op("Tile")
 def _tile(t, x, a, n):
-    return x[0].repeat(*_ints(x[1].numpy()))
+    return x[0].repeat(*_ints(x[1].cpu().numpy()))
 
 
 @op("Shape")
@@ -422,7 +426,7 @@ def _shape(t, x, a, n):
 def _pad(t, x, a, n):
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    pads = _ints(x[1].numpy())
+    pads = _ints(x[1].cpu().numpy())
     value = float(x[2].item()) if len(x) > 2 and x[2] is not None else 0.0
     if mode == "constant":
         return _pad_for(t, x[0], pads, value)
@@ -437,9 +441,9 @@ def _pad(t, x, a, n):
 def _resize(t, x, a, n):
     mode = a.get("mode", b"nearest")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    sizes = _ints(x[3].numpy()) if len(x) > 3 and x[3] is not None else None
+    sizes = _ints(x[3].cpu().numpy()) if len(x) > 3 and x[3] is not None else None
     if sizes is None:
-        scales = x[2].numpy().tolist()
+        scales = x[2].cpu().numpy().tolist()
         sizes = [int(math.floor(d * s)) for d, s in zip(x[0].shape, scales)]
     if list(sizes[:2]) != list(x[0].shape[:2]):
         raise OnnxPruneError("torch evaluation: Resize of batch/channel axes")
@@ -455,7 +459,7 @@ def _resize(t, x, a, n):
 def _cos(t, x, a, n):
     val = a.get("value")
     arr = onnx.numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)
-    return t.full(_ints(x[0].numpy()), float(arr.reshape(-1)[0]), dtype=t.from_numpy(arr).dtype)
+    return t.full(_ints(x[0].cpu().numpy()), float(arr.reshape(-1)[0]), dtype=t.from_numpy(arr).dtype)
 
 
 @op("Range")

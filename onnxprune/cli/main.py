@@ -10,7 +10,7 @@ import logging
 import sys
 
 from ..errors import OnnxPruneError
-from . import analyze, bench, demo, prune, sensitivity
+from . import analyze, bench, demo, finetune, prune, sensitivity
 from . import eval as eval_cmd
 
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.register(sub)
     bench.register(sub)
     sensitivity.register(sub)
+    finetune.register(sub)
     demo.register(sub)
     return p
 

@@ -93,6 +93,21 @@ def register(sub) -> None:
     p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
     p.add_argument("--samples", type=int, default=2000, help="ThiNet: reconstruction samples per consumer layer")
     p.add_argument("--no-rescale", action="store_true", help="ThiNet: skip the least-squares rescaling")
+    r = p.add_argument_group("recovery without retraining (needs --calib)")
+    r.add_argument("--reconstruct", dest="reconstruct", action="store_true", default=None,
+                   help="least-squares refit of the kept weights and bias of every layer that lost inputs, layer by "
+                        "layer against the original's outputs (default: on when --calib is given)")
+    r.add_argument("--no-reconstruct", dest="reconstruct", action="store_false")
+    r.add_argument("--bias-compensation", action="store_true",
+                   help="fold the mean contribution of removed channels into the consumer's bias (exact for "
+                        "constant channels and consumers without zero padding)")
+    r.add_argument("--recalibrate", action="store_true",
+                   help="recompute remaining BatchNorm statistics; where BN was folded, match each affected layer's "
+                        "per-channel output mean and variance to the original's")
+    r.add_argument("--recon-samples", type=int, default=8192, metavar="N",
+                   help="sample positions per refitted layer (default 8192)")
+    r.add_argument("--ridge", type=float, default=1e-3,
+                   help="ridge strength towards the plain pruned weights, relative to the data scale (default 1e-3)")
     add_data_args(p)
     p.set_defaults(func=run)
 
@@ -100,8 +115,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import prune
     from ..allocation.allocate import Allocation
-    from ..plan import PruningPlan
     from ..load import parse_input_shapes
+    from ..plan import PruningPlan
+    from ..recovery import RecoveryOptions
     from ..report_markdown import markdown, plots
     from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
     from .common import data_spec
@@ -125,10 +141,13 @@ def run(args: argparse.Namespace) -> int:
                        target_latency=args.target_latency, sensitivity=sens, max_drop=args.max_drop,
                        backend=args.backend, bench_batch=args.bench_batch, bench_threads=args.bench_threads,
                        latency_cache=os.path.splitext(args.model)[0] + ".latency.json", nu=args.nu)
+    if args.recon_samples < 1 or args.ridge < 0:
+        raise OnnxPruneError("--recon-samples must be positive and --ridge non-negative")
+    recovery = RecoveryOptions(args.reconstruct, args.bias_compensation, args.recalibrate, args.recon_samples, args.ridge)
     model, report = prune(args.model, args.criterion, exclude=args.exclude, input_shapes=args.input_shape,
                           plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed,
                           data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale,
-                          allocation=alloc, steps=args.steps, progress=not args.quiet)
+                          allocation=alloc, steps=args.steps, progress=not args.quiet, recovery=recovery)
     if not any(g["prunable"] for g in report.groups):
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
@@ -151,6 +170,12 @@ def run(args: argparse.Namespace) -> int:
     if args.save_plan:
         save_json(report.plan, args.save_plan)
     print(report.summary())
+    rec = report.recovery
+    if rec:
+        done = ", ".join(f"{k.replace('_', ' ')} {len(rec[k])} layers" for k in ("bias_compensated", "reconstructed",
+                                                                             "recalibrated") if k in rec)
+        print(f"recovery: {done}" + (f"; {len(rec['skipped'])} layers left as they are (see the report)"
+                                     if rec.get("skipped") else ""))
     if measured:
         print(f"latency on {measured['backend']}: {measured['original_ms']:.2f} ms -> {measured['pruned_ms']:.2f} ms "
               f"({measured['fraction']:.2f} of the original, predicted {report.plan['meta'].get('predicted_latency', 1):.2f})")

@@ -35,7 +35,7 @@ def first_order_terms(tg, feeds, labels, tensors) -> dict[str, np.ndarray]:
         a = kept[name]
         if a.grad is None:
             continue
-        prod = (a * a.grad).detach().numpy().astype(np.float64)
+        prod = (a * a.grad).detach().cpu().numpy().astype(np.float64)
         axes = tuple(ax for ax, d in enumerate(labels_arr.shape) if d == 1 and ax != 0)
         res[name] = prod.mean(axis=axes, keepdims=True) if axes else prod
     return res

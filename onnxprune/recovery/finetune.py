@@ -1,0 +1,147 @@
+"""Knowledge-distillation fine-tuning of a pruned ONNX model towards the original, through torch.
+
+The pruned graph is evaluated by the torch interpreter (torch_eval.py) with its weights as leaf tensors
+that require grad; the teacher (the original model) runs in onnxruntime. Loss: Hinton's KL divergence
+between temperature-softened outputs (times T^2 so gradients keep their scale), plus ``label_weight`` x
+cross-entropy when the data has labels. Only weights change: the trained tensors are written back into
+the same initializers, so the graph's structure -- and the exactness proof of the rewrite -- stand.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import OnnxPruneError
+
+#: inputs that hold learnable parameters, per op type
+TRAINABLE = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "BatchNormalization": (1, 2),
+             "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2), "PRelu": (1,)}
+
+
+@dataclass
+class FinetuneResult:
+    model: onnx.ModelProto
+    epochs: list[dict] = field(default_factory=list)  # per epoch: loss, kl on held-out data, seconds
+    parameters: int = 0
+
+
+def trainable_names(model: onnx.ModelProto, consts: dict) -> list[str]:
+    """Float constants in learnable positions, plus biases added after a MatMul (transformer Linear)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    names = set()
+    for node in model.graph.node:
+        for k in TRAINABLE.get(node.op_type, ()):
+            if k < len(node.input) and node.input[k] in consts:
+                names.add(node.input[k])
+        if node.op_type == "Add":
+            for k, other in ((0, 1), (1, 0)):
+                p = producers.get(node.input[other])
+                if node.input[k] in consts and p is not None and p.op_type == "MatMul":
+                    names.add(node.input[k])
+    return sorted(n for n in names if np.issubdtype(np.asarray(consts[n]).dtype, np.floating))
+
+
+def _kl(torch, student, teacher, temperature: float):
+    f = torch.nn.functional
+    s = f.log_softmax(student.reshape(student.shape[0], -1) / temperature, dim=1)
+    t = f.log_softmax(teacher.reshape(teacher.shape[0], -1) / temperature, dim=1)
+    return f.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def held_out_kl(graph, teacher_session, data, temperature: float = 1.0) -> float:
+    """Mean KL(teacher || student) at temperature T over ``data`` (both run in onnxruntime)."""
+    import torch
+
+    from ..data import open_data
+    from ..runtime import make_session
+
+    sess = make_session(graph.model)
+    total, n = 0.0, 0
+    for feeds, _ in open_data(data, graph):
+        s = torch.from_numpy(np.asarray(sess.run(None, feeds)[0]))
+        t = torch.from_numpy(np.asarray(teacher_session.run(None, feeds)[0]))
+        total += float(_kl(torch, s, t, temperature)) * len(s)
+        n += len(s)
+    return total / max(n, 1)
+
+
+def finetune(student_graph, teacher_graph, data, *, epochs: int = 1, lr: float = 1e-4, temperature: float = 4.0,
+             label_weight: float = 0.0, device: str = "cpu", eval_data=None, weight_decay: float = 0.0,
+             progress: bool = True, log=print) -> FinetuneResult:
+    """Distil ``teacher_graph`` into ``student_graph`` (both normalised Graphs with the same inputs)."""
+    try:
+        import torch
+    except ImportError:
+        raise OnnxPruneError("finetune needs torch: pip install 'onnxprune[torch]'") from None
+    from tqdm import tqdm
+
+    from ..data import open_data
+    from ..runtime import make_session
+    from ..torch_eval import TorchGraph
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OnnxPruneError("--device cuda: torch sees no CUDA device here (use --device cpu)")
+    if epochs < 1 or lr <= 0 or temperature <= 0:
+        raise OnnxPruneError("--epochs must be >= 1, --lr and --temperature > 0")
+    names = trainable_names(student_graph.model, student_graph.consts)
+    if not names:
+        raise OnnxPruneError("the model has no trainable weights (no Conv/Gemm/MatMul/normalisation constants)")
+    tg = TorchGraph(student_graph.model, student_graph.consts, device)
+    params = []
+    for n in names:
+        p = tg.consts[n].float() if tg.consts[n].dtype != torch.float32 else tg.consts[n]
+        p = p.clone().requires_grad_(True)
+        tg.consts[n] = p
+        params.append(p)
+    teacher = make_session(teacher_graph.model)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    result = FinetuneResult(student_graph.model, parameters=int(sum(p.numel() for p in params)))
+    if eval_data is not None:
+        kl0 = held_out_kl(student_graph, teacher, eval_data)
+        log(f"epoch 0: held-out KL {kl0:.4f}")
+        result.epochs.append({"epoch": 0, "held_out_kl": kl0})
+    for epoch in range(1, epochs + 1):
+        t0, total, count = time.perf_counter(), 0.0, 0
+        bar = tqdm(open_data(data, student_graph), desc=f"finetune epoch {epoch}/{epochs}", unit="batch",
+                   leave=False, disable=not progress)
+        for feeds, labels in bar:
+            with torch.no_grad():
+                target = torch.from_numpy(np.asarray(teacher.run(None, feeds)[0])).to(tg.device)
+            out = tg.run(feeds)[0][0]
+            loss = _kl(torch, out, target, temperature)
+            if label_weight and labels is not None:
+                y = torch.as_tensor(np.asarray(labels)).long().reshape(-1).to(tg.device)
+                loss = loss + label_weight * torch.nn.functional.cross_entropy(out.reshape(len(y), -1), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n = len(out)
+            total += float(loss.detach()) * n
+            count += n
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        _write_back(student_graph, tg, names)
+        entry = {"epoch": epoch, "loss": total / max(count, 1), "seconds": round(time.perf_counter() - t0, 2)}
+        if eval_data is not None:
+            entry["held_out_kl"] = held_out_kl(student_graph, teacher, eval_data)
+        line = f"epoch {epoch}: loss {entry['loss']:.4f}"
+        if "held_out_kl" in entry:
+            line += f", held-out KL {entry['held_out_kl']:.4f}"
+        log(line + f", {entry['seconds']:.1f} s")
+        result.epochs.append(entry)
+    return result
+
+
+def _write_back(graph, tg, names) -> None:
+    """Trained tensors into the initializers of the same names (dtype kept); ``graph.consts`` follows."""
+    inits = {t.name: t for t in graph.model.graph.initializer}
+    for n in names:
+        arr = tg.consts[n].detach().cpu().numpy().astype(np.asarray(graph.consts[n]).dtype)
+        if not np.all(np.isfinite(arr)):
+            raise OnnxPruneError(f"fine-tuning diverged (non-finite weights in '{n}'): lower --lr")
+        graph.consts[n] = arr
+        if n in inits:
+            inits[n].CopyFrom(numpy_helper.from_array(arr, n))

@@ -1,0 +1,169 @@
+"""The linear layers recovery can refit: Conv (2-D, any group), Gemm and MatMul with a constant weight.
+
+Every layer is seen as G independent matrices ``(G, K, Og)`` -- G the Conv groups (1 for dense layers), K
+the inputs one output reads (Cg x kh x kw for a Conv), Og the outputs per group -- so least squares,
+bias folding and per-channel rescaling are written once for every kind. Sample rows are drawn at
+positions chosen from the *output* shape alone, so the original and the pruned model (which differ only
+in channel counts) are sampled at the same images and pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..groups.rules._util import attr
+
+LINEAR = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Layer:
+    node: str
+    op_type: str
+    weight: str  # initializer name in the model being edited
+    bias: str | None
+    groups: int
+    alpha: float = 1.0  # Gemm: y = alpha * x W + beta * c
+    beta: float = 1.0
+    trans_b: bool = False
+
+    @property
+    def channel_axis(self) -> int:
+        """Axis of the output (and input) that carries channels: 1 for Conv, last for dense layers."""
+        return 1 if self.op_type == "Conv" else -1
+
+
+def weight_uses(model: onnx.ModelProto) -> dict[str, int]:
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    return uses
+
+
+def as_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[Layer | None, str]:
+    """The layer view of ``node``, or None and why it cannot be refitted."""
+    if node.op_type not in LINEAR:
+        return None, "not a linear layer"
+    if len(node.input) < 2 or node.input[1] not in inits:
+        return None, "weight is not a constant"
+    w = inits[node.input[1]]
+    if w.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return None, "weight is not float32/float64"
+    if uses.get(node.input[1], 0) > 1:
+        return None, "weight is shared with another node"
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and (bias not in inits or uses.get(bias, 0) > 1):
+        return None, "bias is not a constant of its own"
+    if node.op_type == "Conv":
+        if len(w.dims) != 4:
+            return None, "only 2-D convolutions are refitted"
+        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            return None, "auto_pad SAME"
+        return Layer(node.name, "Conv", node.input[1], bias, int(attr(node, "group", 1))), ""
+    if len(w.dims) != 2:
+        return None, "weight is not a matrix"
+    if node.op_type == "Gemm":
+        if int(attr(node, "transA", 0)):
+            return None, "Gemm with transA"
+        if bias is not None and (len(inits[bias].dims) > 1 and inits[bias].dims[0] != 1):
+            return None, "Gemm bias is not per output"
+        return Layer(node.name, "Gemm", node.input[1], bias, 1, float(attr(node, "alpha", 1.0)),
+                     float(attr(node, "beta", 1.0)), bool(int(attr(node, "transB", 0)))), ""
+    return Layer(node.name, "MatMul", node.input[1], None, 1), ""
+
+
+def to_mats(layer: Layer, w: np.ndarray) -> np.ndarray:
+    """Weight -> (G, K, Og) effective matrices (Gemm's alpha folded in)."""
+    if layer.op_type == "Conv":
+        o = w.shape[0]
+        g = layer.groups
+        return w.reshape(g, o // g, -1).transpose(0, 2, 1)
+    m = w.T if layer.trans_b else w
+    return (m * layer.alpha)[None]
+
+
+def from_mats(layer: Layer, mats: np.ndarray, shape) -> np.ndarray:
+    if layer.op_type == "Conv":
+        return mats.transpose(0, 2, 1).reshape(shape)
+    m = mats[0] / layer.alpha
+    return m.T if layer.trans_b else m
+
+
+def bias_vector(layer: Layer, inits: dict, out_channels: int) -> np.ndarray:
+    """Effective per-output bias (zeros when the layer has none)."""
+    if layer.bias is None:
+        return np.zeros(out_channels)
+    b = numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1)
+    return np.broadcast_to(b * layer.beta, (out_channels,)).copy()
+
+
+def set_weight(layer: Layer, model: onnx.ModelProto, inits: dict, w: np.ndarray, b: np.ndarray | None) -> None:
+    """Write weight (and bias, adding a bias input when the layer had none) into ``model``."""
+    old = inits[layer.weight]
+    dtype = numpy_helper.to_array(old).dtype
+    inits[layer.weight].CopyFrom(numpy_helper.from_array(w.astype(dtype), layer.weight))
+    if b is None:
+        return
+    if layer.op_type == "MatMul":
+        raise ValueError("MatMul has no bias input")
+    if layer.bias is None:
+        node = next(n for n in model.graph.node if n.name == layer.node)
+        names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+        name, k = f"{layer.node}.recovered_bias", 0
+        while name in names:
+            k += 1
+            name = f"{layer.node}.recovered_bias_{k}"
+        t = model.graph.initializer.add()
+        t.CopyFrom(numpy_helper.from_array((b / layer.beta).astype(dtype), name))
+        inits[name] = t
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = name
+        layer.bias = name
+        return
+    shape = tuple(inits[layer.bias].dims)
+    inits[layer.bias].CopyFrom(numpy_helper.from_array((b / layer.beta).reshape(shape).astype(dtype), layer.bias))
+
+
+def positions(layer: Layer, out_shape: tuple[int, ...], m: int, rng: np.random.Generator) -> np.ndarray:
+    """Sample positions: (n, h, w) rows for a Conv, flat row indices for a dense layer."""
+    if layer.op_type == "Conv":
+        n, _, h, w = out_shape
+        return np.stack([rng.integers(0, n, m), rng.integers(0, h, m), rng.integers(0, w, m)], 1)
+    rows = int(np.prod(out_shape[:-1]))
+    return rng.integers(0, rows, m)
+
+
+def outputs_at(layer: Layer, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """(m, O) output values at ``pos``."""
+    if layer.op_type == "Conv":
+        return y[pos[:, 0], :, pos[:, 1], pos[:, 2]]
+    return y.reshape(-1, y.shape[-1])[pos]
+
+
+def patches(layer: Layer, node: onnx.NodeProto, x: np.ndarray, pos: np.ndarray, k_shape) -> np.ndarray:
+    """(m, G, K) inputs read by the outputs at ``pos``, in the order of ``to_mats``' K axis."""
+    if layer.op_type != "Conv":
+        return x.reshape(-1, x.shape[-1])[pos][:, None, :]
+    c = x.shape[1]
+    kh, kw = k_shape
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    sh, sw = attr(node, "strides", [1, 1])
+    dh, dw = attr(node, "dilations", [1, 1])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    rows = pos[:, 1:2] * sh + np.arange(kh)[None] * dh  # m x kh
+    cols = pos[:, 2:3] * sw + np.arange(kw)[None] * dw  # m x kw
+    p = xp[pos[:, 0, None, None, None], np.arange(c)[None, :, None, None], rows[:, None, :, None],
+           cols[:, None, None, :]]  # m x C x kh x kw
+    return p.reshape(len(pos), layer.groups, -1)
+
+
+def channel_stats_axes(layer_or_op: str, ndim: int) -> tuple[int, ...]:
+    """Axes reduced for per-channel statistics of a layer's output."""
+    if layer_or_op in ("Conv", "BatchNormalization"):
+        return tuple(a for a in range(ndim) if a != 1)
+    return tuple(range(ndim - 1))

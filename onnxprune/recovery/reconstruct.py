@@ -1,0 +1,104 @@
+"""Least-squares reconstruction (He et al. 2017, *Channel Pruning*; ThiNet's rescaling generalised).
+
+Every layer that lost input channels gets its kept weights (and its bias) refitted so that, fed with the
+*pruned* model's activations -- upstream layers already refitted -- its output matches the original
+model's output on calibration data:
+
+    min_W ||Y_orig - [X_pruned 1] W||^2 + lam ||W - W_0||^2
+
+The ridge pulls towards the layer's current weights W_0 rather than towards zero, so a layer with fewer
+sample rows than inputs (a wide Flatten->Gemm on a small calibration set) stays near the plain pruned
+weights instead of collapsing; ``lam = ridge * trace(X'X) / K`` makes ``ridge`` scale-free. Normal
+equations are accumulated batch by batch, so memory is K^2 per group whatever the number of samples.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from .layers import Layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
+from .passes import Recovery, stream, waves
+
+
+def _out_channels(layer: Layer, w: np.ndarray) -> int:
+    if layer.op_type == "Conv":
+        return w.shape[0]
+    return w.shape[0] if layer.trans_b else w.shape[1]
+
+
+def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, seed: int):
+    """Positions and the original model's (kept) outputs there, per layer and batch."""
+    per_batch = max(1, -(-samples // len(batches)))
+    pos = {lay.node: [] for lay in layers}
+    targets = {lay.node: [] for lay in layers}
+    outs = {lay.node: rec.orig_nodes[lay.node].output[0] for lay in layers}
+
+    def take(b, arrs):
+        for k, lay in enumerate(layers):
+            y = np.asarray(arrs[outs[lay.node]])
+            p = positions(lay, y.shape, per_batch, np.random.default_rng([seed, k, b]))
+            kept = rec.kept(outs[lay.node], lay.channel_axis, y.shape[lay.channel_axis])
+            pos[lay.node].append(p)
+            targets[lay.node].append(outputs_at(lay, y, p)[:, kept].astype(np.float64))
+
+    stream(rec.original.model, sorted(set(outs.values())), batches, rec.original.shapes, take)
+    return pos, targets
+
+
+def reconstruct(rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3, seed: int = 0,
+                progress: bool = False) -> list[str]:
+    """Refit every refittable layer that lost inputs; returns the layers changed (in graph order)."""
+    from tqdm import tqdm
+
+    layers = rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
+    if not layers:
+        return []
+    pos, targets = sample_targets(rec, layers, batches, samples, seed)
+    by_name = {lay.node: lay for lay in layers}
+    changed = []
+    for wave in tqdm(waves(rec.pruned, list(by_name)), desc="reconstruct", unit="wave", leave=False,
+                     disable=not progress):
+        wave_layers = [by_name[n] for n in wave]
+        acc: dict[str, list] = {}
+        weights = {lay.node: numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64) for lay in wave_layers}
+        for lay in list(wave_layers):
+            o = _out_channels(lay, weights[lay.node])
+            if targets[lay.node][0].shape[1] != o:
+                rec.skipped[lay.node] = f"output channels do not correspond ({targets[lay.node][0].shape[1]} vs {o})"
+                wave_layers.remove(lay)
+
+        def fit(b, arrs):
+            for lay in wave_layers:
+                node = rec.nodes[lay.node]
+                w = weights[lay.node]
+                x = np.asarray(arrs[node.input[0]], dtype=np.float64)
+                p = patches(lay, node, x, pos[lay.node][b], w.shape[2:])
+                if lay.op_type != "MatMul":  # intercept column: the bias is refitted too
+                    p = np.concatenate([p, np.ones(p.shape[:2] + (1,))], axis=2)
+                y = targets[lay.node][b].reshape(len(p), lay.groups, -1)
+                pt = p.transpose(1, 2, 0)
+                xtx, xty = pt @ p.transpose(1, 0, 2), pt @ y.transpose(1, 0, 2)
+                if lay.node in acc:
+                    acc[lay.node][0] += xtx
+                    acc[lay.node][1] += xty
+                else:
+                    acc[lay.node] = [xtx, xty]
+
+        stream(rec.pruned, sorted({rec.nodes[lay.node].input[0] for lay in wave_layers}), batches, {}, fit)
+        for lay in wave_layers:
+            w = weights[lay.node]
+            m0 = to_mats(lay, w)
+            if lay.op_type != "MatMul":
+                b0 = bias_vector(lay, rec.inits, _out_channels(lay, w)).reshape(lay.groups, 1, -1)
+                m0 = np.concatenate([m0, b0], axis=1)
+            xtx, xty = acc[lay.node]
+            k = xtx.shape[-1]
+            lam = ridge * np.trace(xtx, axis1=1, axis2=2) / k + 1e-12
+            a = xtx + lam[:, None, None] * np.eye(k)[None]
+            m = np.linalg.solve(a, xty + lam[:, None, None] * m0)
+            if lay.op_type == "MatMul":
+                set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m, w.shape), None)
+            else:
+                set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m[:, :-1], w.shape), m[:, -1].reshape(-1))
+            changed.append(lay.node)
+    return changed

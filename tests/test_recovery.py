@@ -1,0 +1,242 @@
+"""Recovery: least-squares reconstruction, bias compensation, statistics recalibration, distillation,
+and the prune -> reconstruct -> finetune -> quantize chain."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from graphs import G
+from helpers import feeds_for, outputs
+
+import onnxprune
+from onnxprune.errors import OnnxPruneError
+
+HERE = os.path.dirname(__file__)
+SAMPLES = os.path.join(HERE, "..", "calib", "samples", "fmnist_256.npz")
+CALIB = os.path.join(HERE, "..", "calib", "samples", "fmnist_train_256.npz")
+
+
+def _plan_removing(model, source_node: str, channels) -> onnxprune.PruningPlan:
+    rep = onnxprune.analyze(model)
+    gid = next(g.id for g in rep.groups if source_node in g.sources)
+    return onnxprune.PruningPlan({gid: list(channels)})
+
+
+def _linear_combination_model():
+    """Conv A (1x1, 4 -> 6, no activation): channels 4 and 5 are linear combinations of channels 0-3, so a
+    consumer can be rewritten exactly without them. Consumer B: 3x3 with padding."""
+    b = G(shape=(2, 4, 8, 8), seed=1)
+    rng = np.random.default_rng(5)
+    wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
+    wa[5] = wa[1] + 0.25 * wa[3]
+    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1, 1])
+    b.nodes[-1].name = "A"
+    y = b.conv(a, 6, 5, k=3, name="B")
+    b.output(y)
+    return b.model()
+
+
+def test_least_squares_recovers_a_consumer_exactly_when_removed_channels_are_combinations():
+    m = _linear_combination_model()
+    plan = _plan_removing(m, "A", [4, 5])
+    feeds = {"x": np.random.default_rng(9).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+    data = [{"x": np.random.default_rng(k).standard_normal((2, 4, 8, 8)).astype(np.float32)} for k in range(8)]
+    plain, _ = onnxprune.prune(m, plan=plan)
+    fitted, rep = onnxprune.prune(m, plan=plan, data=data, recovery=onnxprune.RecoveryOptions(ridge=0.0))
+    assert rep.recovery["reconstructed"] == ["B"]
+    ref = outputs(m, feeds)[0]
+    assert np.abs(outputs(plain, feeds)[0] - ref).max() > 0.1  # without the refit the output is wrong
+    np.testing.assert_allclose(outputs(fitted, feeds)[0], ref, rtol=1e-3, atol=1e-3)
+
+
+def test_recover_on_a_saved_model_matches_prune_and_refuses_another_plan(tmp_path):
+    m = _linear_combination_model()
+    plan = _plan_removing(m, "A", [4, 5])
+    data = [{"x": np.random.default_rng(k).standard_normal((2, 4, 8, 8)).astype(np.float32)} for k in range(4)]
+    plain, rep = onnxprune.prune(m, plan=plan)
+    path = str(tmp_path / "p.onnx")
+    onnx.save(plain, path)
+    before = open(path, "rb").read()
+    fitted, info = onnxprune.recover(m, path, rep.plan, data, ridge=0.0)
+    assert info["reconstructed"] == ["B"] and open(path, "rb").read() == before  # input untouched
+    feeds = {"x": data[0]["x"]}
+    np.testing.assert_allclose(outputs(fitted, feeds)[0], outputs(m, feeds)[0], rtol=1e-3, atol=1e-3)
+    other = _plan_removing(m, "A", [1])
+    with pytest.raises(OnnxPruneError, match="does not match"):
+        onnxprune.recover(m, path, other, data)
+
+
+def _constant_channel_model(k: int):
+    """A -> Relu: channel 2 is the constant 0.7 (zero weights, bias 0.7); consumer B is k x k."""
+    b = G(shape=(2, 3, 6, 6), seed=2)
+    rng = np.random.default_rng(4)
+    wa = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    ba = rng.standard_normal(4).astype(np.float32)
+    wa[2], ba[2] = 0.0, 0.7
+    a = b.op("Relu", [b.op("Conv", [b.x, b.const(wa), b.const(ba)], pads=[1, 1, 1, 1], kernel_shape=[3, 3])])
+    b.nodes[-2].name = "A"
+    b.output(b.conv(a, 4, 5, k=k, name="B"))
+    return b.model()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_bias_compensation_is_exact_for_constant_channels_and_1x1_consumers(k):
+    m = _constant_channel_model(k)
+    plan = _plan_removing(m, "A", [2])
+    data = [{"x": np.random.default_rng(s).standard_normal((2, 3, 6, 6)).astype(np.float32)} for s in range(3)]
+    comp, rep = onnxprune.prune(m, plan=plan, data=data, reconstruct=False, bias_compensation=True)
+    assert rep.recovery["bias_compensated"] == ["B"]
+    feeds = {"x": np.random.default_rng(11).standard_normal((2, 3, 6, 6)).astype(np.float32)}
+    diff = np.abs(outputs(comp, feeds)[0] - outputs(m, feeds)[0])
+    plain, _ = onnxprune.prune(m, plan=plan)
+    assert np.abs(outputs(plain, feeds)[0] - outputs(m, feeds)[0]).max() > 0.05
+    if k == 1:
+        assert diff.max() < 1e-5
+    else:  # padding: exact inside, the border reads zeros instead of 0.7 (documented)
+        assert diff[:, :, 1:-1, 1:-1].max() < 1e-5 and diff.max() > 1e-3
+
+
+def test_recalibration_recomputes_remaining_batchnorm_statistics():
+    b = G(shape=(4, 3, 8, 8), seed=3)
+    a = b.op("Relu", [b.conv(b.x, 3, 6, name="A")])
+    bn = b.bn(b.conv(a, 6, 5, name="B"), 5)
+    b.nodes[-1].name = "BN"
+    b.output(b.conv(b.op("Relu", [bn]), 5, 2, name="C"))
+    m = b.model()
+    plan = _plan_removing(m, "A", [0, 3])
+    data = [{"x": np.random.default_rng(s).standard_normal((4, 3, 8, 8)).astype(np.float32)} for s in range(4)]
+    pruned, rep = onnxprune.prune(m, plan=plan, data=data, reconstruct=False, recalibrate=True)
+    assert "BN" in rep.recovery["recalibrated"]
+    from onnxprune.runtime import session_with_outputs
+
+    node = next(n for n in pruned.graph.node if n.name == "BN")
+    sess = session_with_outputs(pruned, [node.input[0]])
+    x = np.concatenate([sess.run([node.input[0]], f)[0] for f in data]).astype(np.float64)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    np.testing.assert_allclose(inits[node.input[3]], x.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
+
+
+def test_recalibration_matches_folded_layer_statistics_to_the_original(shared_models):
+    """resnet20 has every BN folded: after recalibration each affected layer's kept output channels have the
+    original's per-channel mean and variance on the calibration data (upstream layers already corrected)."""
+    from onnxprune.recovery.passes import moments
+
+    path = os.path.join(shared_models, "resnet20.onnx")
+    data = onnxprune.DataSpec(CALIB, batch_size=64, limit=128)
+    pruned, rep = onnxprune.prune(path, "l1", ratio=0.3, data=data, reconstruct=False, recalibrate=True)
+    changed = rep.recovery["recalibrated"]
+    assert len(changed) > 10
+    graph = onnxprune.load(path)
+    analysis = onnxprune.analyze(graph).analysis
+    from onnxprune.data import batches
+    from onnxprune.plan import PruningPlan
+    from onnxprune.rewrite import Keep
+
+    keep = Keep(analysis, PruningPlan.from_json(rep.plan))
+    outs = {n.name: n.output[0] for n in graph.model.graph.node if n.name in changed}
+    b = batches(data, graph)
+    orig = moments(graph.model, {o: 1 for o in outs.values()}, b)
+    now = moments(pruned, {o: 1 for o in outs.values()}, b)
+    for name, out in list(outs.items())[:8]:
+        labels = analysis.expected.get(out)
+        kept = keep.along(labels, 1) if labels is not None else np.arange(len(orig[out][0]))
+        np.testing.assert_allclose(now[out][0], orig[out][0][kept], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(now[out][1], orig[out][1][kept], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("model", ["resnet20.onnx", "vgg11.onnx", "mbv2_dynamo.onnx"])
+def test_reconstruction_verifies_runs_and_recovers_accuracy(shared_models, model):
+    """Structure still checks (the rewrite's shape check runs again after recovery), the model runs in
+    onnxruntime, and on real data the refit recovers accuracy that plain pruning loses."""
+    path = os.path.join(shared_models, model)
+    data = onnxprune.DataSpec(CALIB, batch_size=64)
+    plain, _ = onnxprune.prune(path, "l1", target_macs=0.6)
+    fitted, rep = onnxprune.prune(path, "l1", target_macs=0.6, data=data)
+    assert rep.verification["passed"] and rep.recovery["reconstructed"]
+    onnx.checker.check_model(fitted)
+    acc_plain = onnxprune.evaluate(plain, SAMPLES)["top1"]
+    acc_fit = onnxprune.evaluate(fitted, SAMPLES)["top1"]
+    assert acc_fit >= acc_plain + 10, (acc_plain, acc_fit)
+
+
+def test_iterative_pruning_runs_recovery_after_every_step(shared_models):
+    path = os.path.join(shared_models, "resnet20.onnx")
+    _, rep = onnxprune.prune(path, "l1", target_macs=0.6, steps=2, data=onnxprune.DataSpec(CALIB, batch_size=64))
+    names = rep.recovery["reconstructed"]
+    assert len(names) > len(set(names))  # the same layers were refitted in both steps
+
+
+def test_distillation_lowers_held_out_kl(shared_models):
+    path = os.path.join(shared_models, "resnet20.onnx")
+    pruned, _ = onnxprune.prune(path, "l1", ratio=0.3)
+    lines = []
+    res = onnxprune.finetune(pruned, path, onnxprune.DataSpec(CALIB, batch_size=32), epochs=1, lr=1e-3,
+                             eval_data=onnxprune.DataSpec(SAMPLES, batch_size=128), progress=False, log=lines.append)
+    kl = [e["held_out_kl"] for e in res.epochs]
+    assert kl[-1] < 0.7 * kl[0], kl
+    assert len(lines) == 2 and lines[1].startswith("epoch 1: loss")
+    # weights only: same nodes, same initializer names and shapes
+    shapes = lambda m: {t.name: tuple(t.dims) for t in m.graph.initializer}  # noqa: E731
+    assert shapes(res.model) == shapes(onnxprune.load(pruned).model)
+    assert [n.op_type for n in res.model.graph.node] == [n.op_type for n in onnxprune.load(pruned).model.graph.node]
+
+
+def test_chain_prune_reconstruct_finetune_quantize(shared_models, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    path = os.path.join(shared_models, "resnet20.onnx")
+    calib = onnxprune.DataSpec(CALIB, batch_size=32)
+    pruned, _ = onnxprune.prune(path, "l1", target_macs=0.6, data=calib)
+    tuned = onnxprune.finetune(pruned, path, calib, epochs=1, progress=False, log=lambda s: None).model
+    src, dst = str(tmp_path / "tuned.onnx"), str(tmp_path / "int8.onnx")
+    onnx.save(tuned, src)
+    x = np.load(CALIB)["input"]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": x[i:i + 32]} for i in range(0, 128, 32)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    q = onnx.load(dst)
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    acc_f = onnxprune.evaluate(src, SAMPLES)["top1"]
+    acc_q = onnxprune.evaluate(dst, SAMPLES)["top1"]
+    assert acc_q > 50 and abs(acc_q - acc_f) < 10, (acc_f, acc_q)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True)
+
+
+def test_cli_recovery_flags_and_finetune(shared_models, tmp_path):
+    path = os.path.join(shared_models, "resnet20.onnx")
+    out = str(tmp_path / "p.onnx")
+    r = _cli("prune", path, "-o", out, "--ratio", "0.3", "--reconstruct")
+    assert r.returncode == 1 and "need calibration data" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(out)
+    r = _cli("prune", path, "-o", out, "--ratio", "0.3", "--calib", CALIB, "--bias-compensation", "--recalibrate",
+             "--report", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    assert "recovery: bias compensated" in r.stdout
+    import json
+
+    rec = json.load(open(tmp_path / "r.json"))["recovery"]
+    assert rec["bias_compensated"] and rec["reconstructed"] and rec["recalibrated"]
+    tuned = str(tmp_path / "t.onnx")
+    r = _cli("finetune", out, "--teacher", path, "--calib", CALIB, "--limit", "64", "-o", tuned, "--eval", SAMPLES,
+             "--json", str(tmp_path / "ft.json"))
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1: loss" in r.stdout and os.path.exists(tuned)
+    assert len(json.load(open(tmp_path / "ft.json"))["epochs"]) == 2
+    r = _cli("finetune", out, "--teacher", path, "--calib", CALIB, "-o", str(tmp_path / "x.onnx"), "--device", "cuda:7")
+    if r.returncode != 0:
+        assert len(r.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "x.onnx")
