@@ -66,7 +66,8 @@ def accuracy_rows(models, test, train):
         for label, kw in variants.items():
             t = time.perf_counter()
             try:
-                pruned, rep = onnxprune.prune(path, CRITERION, target_macs=TARGET, data=calib, samples=SAMPLES, **kw)
+                pruned, rep = onnxprune.prune(path, CRITERION, target_macs=TARGET, data=calib, samples=SAMPLES,
+                                              reconstruct=False, **kw)
             except OnnxPruneError as e:
                 row[label] = {"error": str(e)}
                 continue
@@ -82,7 +83,7 @@ def accuracy_rows(models, test, train):
         if best:
             plan, drop = best
             plan.meta["criterion"] = CRITERION
-            pruned, rep = onnxprune.prune(path, plan=plan, data=calib, samples=SAMPLES)
+            pruned, rep = onnxprune.prune(path, plan=plan, data=calib, samples=SAMPLES, reconstruct=False)
             acc = onnxprune.evaluate(pruned, onnxprune.DataSpec(test, batch_size=500))["top1"]
             row["sensitivity"] = {"top1": round(acc, 2), "macs": round(rep.after.macs / rep.before.macs, 3),
                                   "max_drop": round(drop, 2), "time_s": round(time.perf_counter() - t, 1)}
@@ -98,25 +99,33 @@ def latency_rows(models, workdir):
         if not os.path.exists(src):
             zoo.export(name, src, size=224)
         paths, labels = [src], ["original"]
+        cache = os.path.join(workdir, f"{name}.latency.json")
+        p_meta = {}
         for label, kw in (("target-macs 0.5, round-to 1", {"target_macs": TARGET}),
                           ("target-macs 0.5, round-to 16", {"target_macs": TARGET, "round_to": 16}),
-                          ("target-latency 0.5", {"target_latency": TARGET, "bench_threads": 2,
-                                                  "latency_cache": os.path.join(workdir, f"{name}.latency.json")})):
+                          ("target-latency 0.5, round-to 1", {"target_latency": TARGET, "bench_threads": 2,
+                                                              "latency_cache": cache}),
+                          ("target-latency 0.5, round-to 16", {"target_latency": TARGET, "bench_threads": 2,
+                                                               "round_to": 16, "latency_cache": cache})):
             t = time.perf_counter()
             pruned, rep = onnxprune.prune(src, "l1", progress=True, **kw)
             out = os.path.join(workdir, f"{name}_{len(paths)}.onnx")
             save_model(pruned, out)
             paths.append(out)
             labels.append(label)
+            if "measured_latency" in rep.plan["meta"]:
+                p_meta[label] = rep.plan["meta"]["measured_latency"]
             print(f"{name} {label}: MACs {rep.after.macs / rep.before.macs:.3f}, "
-                  f"predicted latency {rep.plan['meta'].get('predicted_latency', '-')}, {time.perf_counter() - t:.0f}s",
+                  f"predicted latency {rep.plan['meta'].get('predicted_latency', '-')}, "
+                  f"measured while planning {rep.plan['meta'].get('measured_latency', '-')}, {time.perf_counter() - t:.0f}s",
                   flush=True)
         b = benchmark(paths, "ort-cpu", threads=2, warmup=3, iters=30, progress=True)
         for label, m, p in zip(labels[1:], b.models[1:], paths[1:]):
             macs = onnxprune.analyze(p).counts.macs / onnxprune.analyze(src).counts.macs
             rows.append({"model": name, "allocation": label, "macs": round(macs, 3),
                          "latency": round(1 / m.speedup, 3), "ci": [round(1 / x, 3) for x in m.speedup_ci[::-1]],
-                         "original_ms": round(b.models[0].stats["median_ms"], 2)})
+                         "original_ms": round(b.models[0].stats["median_ms"], 2),
+                         **({"measured_while_planning": round(p_meta[label], 3)} if label in p_meta else {})})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -161,10 +170,12 @@ def table(data: dict) -> str:
             cells.append("–" if not v or "error" in v else f"{v['top1']:.2f} (MACs {v['macs']:.2f})")
         lines.append(f"| {r['model']} ({r['original_top1']:.2f}) | " + " | ".join(cells) + " |")
     if data.get("latency"):
-        lines += ["", "| model | allocation | MACs kept | latency kept (95% CI) | original |", "|---|---|---:|---:|---:|"]
+        lines += ["", "| model | allocation | MACs kept | latency kept (95% CI) | measured while planning | original |",
+                  "|---|---|---:|---:|---:|---:|"]
         for r in data["latency"]:
+            planning = f"{r['measured_while_planning']:.3f}" if "measured_while_planning" in r else "–"
             lines.append(f"| {r['model']} | {r['allocation']} | {r['macs']:.3f} | {r['latency']:.3f} "
-                         f"({r['ci'][0]:.3f}-{r['ci'][1]:.3f}) | {r['original_ms']:.1f} ms |")
+                         f"({r['ci'][0]:.3f}-{r['ci'][1]:.3f}) | {planning} | {r['original_ms']:.1f} ms |")
     lines += ["", f"Machine: {data['machine']}."]
     return "\n".join(lines)
 

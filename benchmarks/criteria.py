@@ -56,7 +56,8 @@ def main() -> None:
                 t = time.perf_counter()
                 try:
                     pruned, rep = onnxprune.prune(report.graph, criterion=crit, target_macs=1 - red,
-                                                  data=onnxprune.DataSpec(calib, batch_size=64), samples=args.samples)
+                                                  data=onnxprune.DataSpec(calib, batch_size=64), samples=args.samples,
+                                                  reconstruct=False)  # the criterion alone; see recovery.py
                 except OnnxPruneError as e:
                     row[f"top1@{red:.2f}"] = None
                     row["note"] = str(e)

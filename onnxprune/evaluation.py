@@ -23,9 +23,9 @@ def evaluate(graph, spec: DataSpec, reference_graph=None, progress: bool = False
     elems = 0
     it = open_data(spec, graph)
     if progress:
-        from tqdm import tqdm
+        from .progress import bar
 
-        it = tqdm(it, desc="eval", unit="batch", leave=False)
+        it = bar(it, desc="eval", unit="batch")
     for feeds, labels in it:
         out = np.asarray(sess.run(None, feeds)[0], dtype=np.float64).reshape(len(next(iter(feeds.values()))), -1)
         n += len(out)

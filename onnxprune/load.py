@@ -6,6 +6,7 @@ question answered -- "is this input a constant, and what is it?" -- so we normal
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -14,6 +15,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
+
+log = logging.getLogger(__name__)
 
 MIN_OPSET, MAX_OPSET = 11, 23
 
@@ -276,6 +279,35 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
     return shapes
 
 
+def _check_runs(model: onnx.ModelProto, input_shapes) -> None:
+    """The model must run in onnxruntime: the checker and onnx's shape inference let through graphs no
+    runtime accepts (a Conv bias of the wrong length), and the channel rules assume a well-formed graph.
+
+    A runtime without a custom-domain op is not the model's fault (its groups freeze; pruning then stops
+    at verification); with integer inputs random values may be out of range, so a failed run only warns.
+    """
+    from .runtime import make_session
+
+    try:
+        sess = make_session(model, optimize=False)
+    except Exception as e:
+        msg = " ".join(str(e).split())
+        custom = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
+        if custom and any(k in msg for k in ("Could not find an implementation", "not a registered function/op",
+                                              "No opset import for domain", "NOT_IMPLEMENTED")):
+            return
+        raise OnnxPruneError(f"invalid ONNX model: onnxruntime refuses it: {msg[:300]}") from None
+    feeds = random_feeds(model, input_shapes, seed=0)
+    try:
+        sess.run(None, feeds)
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        if any(not np.issubdtype(v.dtype, np.floating) for v in feeds.values()):
+            log.warning("could not run the model on random inputs (%s); continuing", msg)
+            return
+        raise OnnxPruneError(f"invalid ONNX model: onnxruntime cannot run it: {msg}") from None
+
+
 def _shapes_from_runtime(model, input_shapes, names) -> dict[str, tuple[int, ...]]:
     from .runtime import run_model, session_with_outputs  # onnxruntime is only needed for odd graphs
 
@@ -305,11 +337,13 @@ def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
     return feeds
 
 
-def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                check_runs: bool = True) -> Graph:
     """Normalise, check and shape-annotate a model: the single entry point of every pipeline."""
     _check_opset(model)
+    _check_acyclic(model, {t.name for t in model.graph.initializer})  # before the checker: its message is vaguer
     try:
-        onnx.checker.check_model(model, full_check=False)
+        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 2**20 else skeleton(model), full_check=False)
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
@@ -329,7 +363,29 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
             if i:
                 g.consumers.setdefault(i, []).append((node, k))
     _check_acyclic(norm, consts)
+    _check_finite(g)
+    if check_runs:
+        _check_runs(model, shapes_in)
     return g
+
+
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
+              "LayerNormalization"}
+
+
+def _check_finite(g: Graph) -> None:
+    """NaN in any constant, or Inf in a layer's parameters, makes every score and the exactness check
+    meaningless (NaN != NaN); -inf stays legal elsewhere (attention masks)."""
+    params = {i for n in g.model.graph.node if n.op_type in WEIGHT_OPS for i in n.input[1:]}
+    for name, arr in g.consts.items():
+        if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+            continue
+        bad = int(np.count_nonzero(np.isnan(arr)))
+        if name in params:
+            bad += int(np.count_nonzero(np.isinf(arr)))
+        if bad:
+            raise OnnxPruneError(f"constant '{name}' has {bad} NaN/Inf value(s); fix the export (NaN weights "
+                                 f"cannot be scored, pruned or verified)")
 
 
 def _check_acyclic(model: onnx.ModelProto, consts) -> None:

@@ -1,6 +1,8 @@
 """Thin onnxruntime wrapper so every stage creates sessions the same way (CPU, quiet, deterministic)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 
@@ -12,18 +14,45 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, th
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # ORT prints failures to stderr itself; ours is the one-line message
     if threads:
         so.intra_op_num_threads = threads
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif optimize == "extended":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
+        if not isinstance(model, bytes) and model.ByteSize() >= 2**31 - 2**20:
+            return _session_from_files(model, so)
+        data = model if isinstance(model, bytes) else model.SerializeToString()
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except OnnxPruneError:
+        raise
     except Exception as e:
         raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0][:300]}") from None
+
+
+def _session_from_files(model: onnx.ModelProto, so):
+    """Over protobuf's 2 GB limit a model cannot be passed as bytes: write it with external data to a
+    temporary folder, load from there, delete the folder (the session keeps its own copy)."""
+    import shutil
+    import tempfile
+
+    import onnxruntime as ort
+
+    tmp = tempfile.mkdtemp(prefix="onnxprune-ort-")
+    try:
+        path = os.path.join(tmp, "model.onnx")
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data",
+                        size_threshold=1024)
+        del copy
+        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    except OSError as e:
+        raise OnnxPruneError(f"cannot write a temporary copy of the model for onnxruntime: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ from onnxprune.allocation import latency as lat
 from onnxprune.allocation.allocate import Allocation, allocate
 from onnxprune.allocation.global_rank import global_plan
 from onnxprune.allocation.sensitivity import ratios_from_sensitivity
+from onnxprune.plan import PruningPlan
 from onnxprune.criteria import group_scores  # noqa: F401  (registers the criteria)
 from test_cli import run, small_model
 
@@ -187,6 +188,28 @@ def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):
         assert (rep.groups[gid].channels - len(removed)) % 8 == 0
 
 
+def test_latency_plan_is_measured_and_corrected(monkeypatch, shared_models):
+    """A table twice as optimistic as the runtime: the closed loop still lands on the target."""
+    from onnxprune.allocation.targets import counts_of
+
+    rep = onnxprune.analyze(os.path.join(shared_models, "vgg11.onnx"))
+    full = counts_of(rep.graph, rep.analysis, PruningPlan()).macs
+
+    def runtime(graph, analysis, plans, *a, **k):  # latency: 20 ms fixed + 80 ms proportional to MACs
+        return [100.0] + [20.0 + 80.0 * counts_of(graph, analysis, p).macs / full for p in plans]
+
+    monkeypatch.setattr(lat, "_time_variants", runtime)
+    table = lat.latency_table(rep.graph, rep.analysis, None, points=4)
+    for row in table["groups"].values():
+        row["saved_ms"] = [2 * s for s in row["saved_ms"]]
+    scores = onnxprune.score_groups(rep.graph, rep.analysis, "l1")
+    plan = lat.latency_plan_measured(rep.graph, rep.analysis, scores, table, 0.6)
+    rounds = plan.meta["latency_rounds"]
+    assert rounds[0]["measured"] > rounds[0]["predicted"] + 0.1  # the raw prediction misses
+    assert len(rounds) > 1 and abs(plan.meta["measured_latency"] - 0.6) <= 0.02
+    assert plan.meta["measured_latency"] == pytest.approx(runtime(rep.graph, rep.analysis, [plan])[1] / 100)
+
+
 def test_cli_target_latency_end_to_end(tmp_path):
     path = small_model(tmp_path)
     out, js = tmp_path / "o.onnx", tmp_path / "r.json"
@@ -194,6 +217,7 @@ def test_cli_target_latency_end_to_end(tmp_path):
                           "--report", str(js))
     assert rc == 0, err
     meta = json.loads(js.read_text())["plan"]["meta"]
-    assert meta["allocation"] == "latency" and meta["predicted_latency"] <= 0.9 or not meta.get("predicted_latency")
+    assert meta["allocation"] == "latency" and meta["latency_rounds"]
+    assert any(meta["measured_latency"] == pytest.approx(r["measured"], abs=1e-4) for r in meta["latency_rounds"])
     assert os.path.exists(str(tmp_path / "m.latency.json"))
     assert "latency" in stdout

@@ -5,30 +5,22 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnx
 import pytest
 
 import onnxprune
-from graphs import G
+from bad_inputs import CASES, command, small_model, unprunable  # noqa: F401  (small_model: used by other tests)
 
 
 def run(*args, cwd=None):
     p = subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True, cwd=cwd)
     return p.returncode, p.stdout, p.stderr
-
-
-def small_model(tmp_path, name="m.onnx"):
-    b = G()
-    a = b.op("Relu", [b.conv(b.x, 4, 8, name="a")])
-    y = b.conv(b.op("Add", [a, b.conv(a, 8, 8, name="c")]), 8, 3, name="head")
-    b.output(y)
-    path = str(tmp_path / name)
-    onnx.save(b.model(), path)
-    return path
 
 
 def sha(path):
@@ -87,94 +79,47 @@ def test_api_plan_roundtrip(tmp_path):
     assert [tuple(t.dims) for t in pruned.graph.initializer] == [tuple(t.dims) for t in again.graph.initializer]
 
 
-def truncated(tmp_path):
-    src = small_model(tmp_path, "full.onnx")
-    data = open(src, "rb").read()
-    p = tmp_path / "trunc.onnx"
-    p.write_bytes(data[: len(data) // 2])
-    return str(p)
-
-
-def not_onnx(tmp_path):
-    p = tmp_path / "text.onnx"
-    p.write_text("hello, I am not a model\n" * 10)
-    return str(p)
-
-
-def missing_external(tmp_path):
-    b = G()
-    b.output(b.conv(b.op("Relu", [b.conv(b.x, 4, 64)]), 64, 2))
-    p = str(tmp_path / "ext.onnx")
-    onnx.save(b.model(), p, save_as_external_data=True, location="ext.data", size_threshold=0)
-    os.remove(tmp_path / "ext.data")
-    return p
-
-
-def bad_opset(tmp_path):
-    b = G(opset=9)
-    b.output(b.op("Relu", [b.x]))
-    p = str(tmp_path / "op9.onnx")
-    onnx.save(b.model(), p)
-    return p
-
-
-def dangling(tmp_path):
-    b = G()
-    b.output(b.op("Relu", ["nowhere"]))
-    m = b.model()
-    p = str(tmp_path / "dangling.onnx")
-    onnx.save(m, p)
-    return p
-
-
-BAD = {
-    "missing file": (lambda t: str(t / "nope.onnx"), []),
-    "not onnx": (not_onnx, []),
-    "truncated": (truncated, []),
-    "missing external data": (missing_external, []),
-    "unsupported opset": (bad_opset, []),
-    "dangling input": (dangling, []),
-    "ratio out of range": (small_model, ["--ratio", "1.0"]),
-    "negative ratio": (small_model, ["--ratio", "-0.1"]),
-    "unknown criterion": (small_model, ["--criterion", "magic"]),
-    "bad input shape": (small_model, ["--input-shape", "x:1x4xfoo"]),
-    "unknown input name": (small_model, ["--input-shape", "y:1x4x8x8"]),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_one_line_error(tmp_path, case):
-    make, extra = BAD[case]
-    path = make(tmp_path)
-    out = tmp_path / "out" / "o.onnx"
-    out.parent.mkdir()
-    rc, stdout, stderr = run("prune", path, "-o", str(out), *extra)
-    assert rc != 0
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_one_line_answer(tmp_path, case):
+    """Every case of the README's reliability table: one line, the right exit code, no output, input intact."""
+    path, args, out_dir = command(case, tmp_path)
+    before = sha(path) if os.path.isfile(path) else None
+    rc, stdout, stderr = run(*args)
     lines = [ln for ln in stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and "Traceback" not in stderr and "internal error" not in stderr, stderr
-    assert list(out.parent.iterdir()) == []  # no partial output, no temp files
+    if CASES[case][2] == "error":
+        assert rc in (1, 2) and "error" in lines[0]
+        assert os.listdir(out_dir) == []  # no partial output, no temporary files
+    else:
+        assert rc == 0 and "warning" in lines[0]
+    if before is not None:
+        assert sha(path) == before  # the input model is never modified
 
 
-def test_output_equal_to_input_refused(tmp_path):
-    path = small_model(tmp_path)
-    before = sha(path)
-    rc, _, stderr = run("prune", path, "-o", path)
-    assert rc == 1 and "input" in stderr and sha(path) == before
+def test_unprunable_copy_only_when_asked(tmp_path):
+    path = unprunable(tmp_path)
+    out = tmp_path / "o.onnx"
+    rc, _, stderr = run("prune", path, "-o", str(out))
+    assert rc == 0 and "no output written" in stderr and not out.exists()
+    rc, _, stderr = run("prune", path, "-o", str(out), "--copy-unprunable")
+    assert rc == 0 and out.exists() and "unchanged copy" in stderr
+    a, b = onnx.load(path), onnx.load(str(out))
+    assert [t.dims for t in a.graph.initializer] == [t.dims for t in b.graph.initializer]
 
 
-def test_unwritable_output(tmp_path):
-    path = small_model(tmp_path)
-    rc, _, stderr = run("prune", path, "-o", str(tmp_path / "no" / "such" / "dir" / "o.onnx"))
-    assert rc == 1 and len(stderr.strip().splitlines()) == 1
-
-
-def test_no_prunable_groups_is_not_an_error(tmp_path):
-    b = G()
-    b.output(b.conv(b.x, 4, 8, name="only"))  # feeds the graph output: frozen
-    path = str(tmp_path / "frozen.onnx")
-    onnx.save(b.model(), path)
-    rc, stdout, stderr = run("prune", path, "-o", str(tmp_path / "o.onnx"))
-    assert rc == 0 and "no prunable groups" in stderr
+def test_interrupt_leaves_no_partial_file(tmp_path, shared_models):
+    """Ctrl-C in the middle of a long run: exit 130, one line, nothing in the output folder."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "onnxprune", "prune", os.path.join(shared_models, "vgg11.onnx"),
+                          "-o", str(out_dir / "o.onnx"), "--criterion", "thinet", "--calib", "random:4000",
+                          "--samples", "20000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # well past the imports (under 1 s), inside the calibration pass
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and stderr.strip().splitlines() == ["onnxprune: interrupted; no output written"]
+    assert os.listdir(out_dir) == []
 
 
 def test_debug_shows_traceback(tmp_path):

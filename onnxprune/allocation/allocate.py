@@ -45,6 +45,10 @@ class Allocation:
         targets = [t for t in ("target_macs", "target_params", "target_latency") if getattr(self, t) is not None]
         if len(targets) > 1:
             raise OnnxPruneError("give one of --target-macs, --target-params, --target-latency")
+        if self.target_latency is not None:
+            from .latency import check_target_latency
+
+            check_target_latency(self.target_latency)
         if (self.sensitivity is None) != (self.max_drop is None):
             raise OnnxPruneError("--sensitivity and --max-drop go together")
         modes = [self.global_rank, self.strategy == "greedy", self.sensitivity is not None, self.target_latency is not None]
@@ -68,11 +72,12 @@ def allocate(graph, analysis: Analysis, scores: dict[int, np.ndarray], alloc: Al
 
         round_to, measured = auto_round_to(graph, analysis, alloc.backend, alloc.bench_batch, alloc.bench_threads)
     if alloc.target_latency is not None:
-        from .latency import latency_plan, latency_table
+        from .latency import latency_plan_measured, latency_table
 
         table = latency_table(graph, analysis, alloc.latency_cache, alloc.backend, alloc.bench_batch, alloc.bench_threads,
                               round_to=round_to, min_channels=alloc.min_channels, progress=progress)
-        plan, _ = latency_plan(analysis, normalise(scores, alloc.normalisation, alloc.nu), table, alloc.target_latency)
+        plan = latency_plan_measured(graph, analysis, normalise(scores, alloc.normalisation, alloc.nu), table,
+                                     alloc.target_latency, alloc.backend, alloc.bench_batch, alloc.bench_threads)
         plan.meta["latency_table_cached"] = table["cached"]
     elif alloc.sensitivity is not None:
         from .sensitivity import ratios_from_sensitivity

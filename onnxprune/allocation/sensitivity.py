@@ -92,9 +92,9 @@ def run_sensitivity(graph, analysis: Analysis, scores: dict[int, np.ndarray], ra
     state = {"scores": scores, "feeds": feeds, "ref": ref, "labels": labels}
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ..progress import bar as progress_bar
 
-        bar = tqdm(total=len(tasks), desc="sensitivity", unit="model", leave=False, disable=None)
+        bar = progress_bar(total=len(tasks), desc="sensitivity", unit="model")
     results = []
     if jobs == 1:
         _init({**state, "graph": graph, "analysis": analysis})

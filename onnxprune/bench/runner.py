@@ -119,10 +119,10 @@ def benchmark(paths: list[str], backend: str = "ort-cpu", *, batch: int | None =
         times: list[list[float]] = [[] for _ in paths]
         bar = None
         if progress:
-            from tqdm import tqdm
+            from ..progress import bar as progress_bar
 
-            bar = tqdm(total=iters if iters is not None else seconds, unit="round" if iters else "s",
-                       desc=f"bench {backend}", leave=False, disable=None)
+            bar = progress_bar(total=iters if iters is not None else seconds, unit="round" if iters else "s",
+                               desc=f"bench {backend}")
         t0 = time.perf_counter()
         rnd = 0
         while True:

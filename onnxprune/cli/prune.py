@@ -90,6 +90,8 @@ def register(sub) -> None:
                         "PNG plots beside it); repeatable")
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data (automatic over 2 GB)")
+    p.add_argument("--copy-unprunable", action="store_true",
+                   help="when the model has no prunable groups, still write OUTPUT (an unchanged copy)")
     p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
     p.add_argument("--samples", type=int, default=2000, help="ThiNet: reconstruction samples per consumer layer")
     p.add_argument("--no-rescale", action="store_true", help="ThiNet: skip the least-squares rescaling")
@@ -149,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
                           data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale,
                           allocation=alloc, steps=args.steps, progress=not args.quiet, recovery=recovery)
     if not any(g["prunable"] for g in report.groups):
+        if not args.copy_unprunable:
+            log.warning("no prunable groups: nothing to prune; no output written (--copy-unprunable writes an "
+                        "unchanged copy; `onnxprune analyze` shows why each group is frozen)")
+            return 0
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
     measured = None

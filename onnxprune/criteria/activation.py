@@ -34,9 +34,9 @@ def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
     sess = session_with_outputs(graph.model, names)
     n_atoms = len(analysis.roots)
     zeros, mags, counts = np.zeros(n_atoms), np.zeros(n_atoms), np.zeros(n_atoms)
-    from tqdm import tqdm
+    from ..progress import bar
 
-    for feeds, _ in tqdm(open_data(data, graph), desc="activation statistics", unit="batch", leave=False):
+    for feeds, _ in bar(open_data(data, graph), desc="activation statistics", unit="batch"):
         for name, arr in zip(names, sess.run(names, feeds)):
             labels = tensors[name]
             arr = np.asarray(arr, dtype=np.float32)

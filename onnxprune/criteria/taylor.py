@@ -45,7 +45,7 @@ def first_order_terms(tg, feeds, labels, tensors) -> dict[str, np.ndarray]:
                      "L2-normalised per layer (Molchanov et al. 2017); labels -> cross-entropy, else the "
                      "original's top-1; needs --calib and torch", needs_data=True)
 def taylor(graph, analysis, data=None, **_) -> np.ndarray:
-    from tqdm import tqdm
+    from ..progress import bar
 
     from ..data import open_data
     from ..torch_eval import TorchGraph
@@ -59,7 +59,7 @@ def taylor(graph, analysis, data=None, **_) -> np.ndarray:
     tensors = consumed_tensors(graph, analysis)
     sums = {name: 0.0 for name in tensors}
     count = 0
-    for feeds, labels in tqdm(open_data(data, graph), desc="taylor", unit="batch", leave=False):
+    for feeds, labels in bar(open_data(data, graph), desc="taylor", unit="batch"):
         terms = first_order_terms(tg, feeds, labels, tensors)
         n = len(next(iter(feeds.values())))
         for name, v in terms.items():

@@ -65,7 +65,7 @@ def _dense_samples(x, wt, m, rng):
 
 def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per consumer: (contributions m x P along its labelled input axis, labels of those P positions)."""
-    from tqdm import tqdm
+    from ..progress import bar
 
     from ..data import open_data
 
@@ -78,7 +78,7 @@ def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[s
     per_batch = max(1, -(-samples // len(batches)))
     rng = np.random.default_rng(seed)
     got: dict[str, list[np.ndarray]] = {n.name: [] for n, _ in consumers}
-    for feeds, _ in tqdm(batches, desc="thinet samples", unit="batch", leave=False):
+    for feeds, _ in bar(batches, desc="thinet samples", unit="batch"):
         acts = dict(zip(names, sess.run(names, feeds)))
         for node, labels in consumers:
             x = np.asarray(acts[node.input[0]], dtype=np.float32)

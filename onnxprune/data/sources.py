@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -18,6 +19,8 @@ import numpy as np
 from onnx import helper
 
 from ..errors import OnnxPruneError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -110,6 +113,13 @@ def _check(feeds, graph) -> dict:
     return out
 
 
+def _batch_step(spec, graph) -> tuple[int, bool]:
+    """(batch size, whether the model fixes it): a static batch dim in the model sets the batch size."""
+    fixed = [i.type.tensor_type.shape.dim[0].dim_value for i in _inputs(graph)
+             if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")]
+    return (min(fixed), True) if fixed else (spec.batch_size, False)
+
+
 def _random(spec, graph, src):
     try:
         n = int(src.split(":", 1)[1])
@@ -120,9 +130,7 @@ def _random(spec, graph, src):
     from ..load import random_feeds
 
     rng_seed = spec.seed
-    fixed = {i.name: i.type.tensor_type.shape.dim[0].dim_value for i in _inputs(graph)
-             if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")}
-    step = min(fixed.values()) if fixed else spec.batch_size  # a static batch dim sets the batch size
+    step, fixed = _batch_step(spec, graph)
     done = 0
     while done < n:
         b = min(step, n - done) if not fixed else step
@@ -155,8 +163,12 @@ def _arrays(spec, graph, path):
     n = len(next(iter(arrays.values())))
     if any(len(a) != n for a in arrays.values()) or (labels is not None and len(labels) != n):
         raise OnnxPruneError(f"{path}: arrays and labels have different sample counts")
-    for start in range(0, n, spec.batch_size):
-        sl = slice(start, start + spec.batch_size)
+    step, fixed = _batch_step(spec, graph)
+    if fixed and n % step:
+        log.warning("%s: the model's batch size is fixed at %d; the last %d samples are not used", path, step, n % step)
+        n -= n % step
+    for start in range(0, n, step):
+        sl = slice(start, start + step)
         yield {k: a[sl] for k, a in arrays.items()}, None if labels is None else np.asarray(labels[sl])
 
 
@@ -178,8 +190,13 @@ def _images(spec, graph, folder):
     size = spec.size or ((shape[2], shape[3]) if nchw else (shape[1], shape[2]))
     mean = np.array(spec.mean, dtype=np.float32)
     std = np.array(spec.std, dtype=np.float32)
-    for start in range(0, len(files), spec.batch_size):
-        chunk = files[start:start + spec.batch_size]
+    step, fixed = _batch_step(spec, graph)
+    if fixed and len(files) % step:
+        log.warning("%s: the model's batch size is fixed at %d; the last %d images are not used", folder, step,
+                    len(files) % step)
+        files = files[:len(files) - len(files) % step]
+    for start in range(0, len(files), step):
+        chunk = files[start:start + step]
         imgs, labels = [], []
         for f in chunk:
             try:

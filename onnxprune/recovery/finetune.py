@@ -77,7 +77,7 @@ def finetune(student_graph, teacher_graph, data, *, epochs: int = 1, lr: float =
         import torch
     except ImportError:
         raise OnnxPruneError("finetune needs torch: pip install 'onnxprune[torch]'") from None
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     from ..data import open_data
     from ..runtime import make_session
@@ -106,8 +106,8 @@ def finetune(student_graph, teacher_graph, data, *, epochs: int = 1, lr: float =
         result.epochs.append({"epoch": 0, "held_out_kl": kl0})
     for epoch in range(1, epochs + 1):
         t0, total, count = time.perf_counter(), 0.0, 0
-        bar = tqdm(open_data(data, student_graph), desc=f"finetune epoch {epoch}/{epochs}", unit="batch",
-                   leave=False, disable=not progress)
+        bar = progress_bar(open_data(data, student_graph), desc=f"finetune epoch {epoch}/{epochs}", unit="batch",
+                           enabled=progress)
         for feeds, labels in bar:
             with torch.no_grad():
                 target = torch.from_numpy(np.asarray(teacher.run(None, feeds)[0])).to(tg.device)

@@ -41,7 +41,7 @@ def _set_bn(rec: Recovery, name: str, mean: np.ndarray, var: np.ndarray) -> None
 
 def recalibrate(rec: Recovery, batches, progress: bool = False) -> list[str]:
     """Recompute remaining BN statistics and re-standardise folded layers; returns the nodes changed."""
-    from tqdm import tqdm
+    from ..progress import bar
 
     from .layers import weight_uses
 
@@ -60,8 +60,8 @@ def recalibrate(rec: Recovery, batches, progress: bool = False) -> list[str]:
     outs = {rec.orig_nodes[n].output[0]: lay.channel_axis for n, lay in layers.items()}
     orig = moments(rec.original.model, outs, batches, rec.original.shapes)
     changed = []
-    for wave in tqdm(waves(rec.pruned, list(layers) + bns), desc="recalibrate", unit="wave", leave=False,
-                     disable=not progress):
+    for wave in bar(waves(rec.pruned, list(layers) + bns), desc="recalibrate", unit="wave",
+                     enabled=progress):
         axes = {}
         for n in wave:
             node = rec.nodes[n]

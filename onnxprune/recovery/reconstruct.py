@@ -48,7 +48,7 @@ def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, se
 def reconstruct(rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3, seed: int = 0,
                 progress: bool = False) -> list[str]:
     """Refit every refittable layer that lost inputs; returns the layers changed (in graph order)."""
-    from tqdm import tqdm
+    from ..progress import bar
 
     layers = rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
     if not layers:
@@ -56,8 +56,7 @@ def reconstruct(rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3
     pos, targets = sample_targets(rec, layers, batches, samples, seed)
     by_name = {lay.node: lay for lay in layers}
     changed = []
-    for wave in tqdm(waves(rec.pruned, list(by_name)), desc="reconstruct", unit="wave", leave=False,
-                     disable=not progress):
+    for wave in bar(waves(rec.pruned, list(by_name)), desc="reconstruct", unit="wave", enabled=progress):
         wave_layers = [by_name[n] for n in wave]
         acc: dict[str, list] = {}
         weights = {lay.node: numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64) for lay in wave_layers}

@@ -5,6 +5,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ...errors import OnnxPruneError
+
 
 def attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
@@ -30,7 +32,11 @@ def axes_from(node: onnx.NodeProto, ctx, input_index: int, attr_name: str = "axe
 
 
 def norm_axes(axes, rank: int) -> list[int]:
-    return [a % rank for a in axes]
+    """Non-negative axes, each once (onnxruntime reduces over a repeated axis once)."""
+    bad = [a for a in axes if not -rank <= a < rank]
+    if bad:
+        raise OnnxPruneError(f"axes {list(axes)} out of range for a rank-{rank} tensor")
+    return list(dict.fromkeys(a % rank for a in axes))
 
 
 def aligned(labels: np.ndarray, rank: int) -> np.ndarray:

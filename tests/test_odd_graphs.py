@@ -1,0 +1,120 @@
+"""Odd but legal graphs: each must prune exactly (or freeze what it cannot prove) and run afterwards."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxprune
+from graphs import G
+from helpers import feeds_for, outputs
+from onnxprune.runtime import run_model
+
+
+def _prune_and_check(model, shapes=None, ratio=0.5, **kw):
+    pruned, rep = onnxprune.prune(model, criterion="l1", ratio=ratio, input_shapes=shapes, **kw)
+    assert rep.verification["passed"]
+    onnx.checker.check_model(pruned, full_check=True)
+    return pruned, rep
+
+
+def test_dynamic_batch_and_spatial_dims(tmp_path):
+    b = G(shape=("N", 3, "H", "W"))
+    a = b.op("Relu", [b.conv(b.x, 3, 8)])
+    b.output(b.op("GlobalAveragePool", [b.conv(a, 8, 4)]))
+    m = b.model()
+    with pytest.raises(onnxprune.OnnxPruneError, match="--input-shape"):
+        onnxprune.prune(m, ratio=0.5)  # spatial dims have no default: the error says what to pass
+    pruned, rep = _prune_and_check(m, shapes=["x:1x3x16x16"])
+    dims = [d.dim_param or d.dim_value for d in pruned.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, "H", "W"]  # still dynamic in the output
+    x = np.random.default_rng(0).standard_normal((3, 3, 20, 12)).astype(np.float32)
+    assert run_model(pruned, {"x": x})[0].shape == (3, 4, 1, 1)  # other sizes than the one analysed
+
+
+def test_multiple_inputs_and_outputs():
+    b = G(shape=(1, 3, 8, 8))
+    b.inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8]))
+    a = b.op("Relu", [b.conv(b.x, 3, 8)])
+    c = b.op("Relu", [b.conv("y", 3, 8)])
+    s = b.op("Add", [a, c])  # couples the two branches
+    b.output(b.conv(s, 8, 2))
+    b.output(b.conv(a, 8, 5))
+    m = b.model()
+    pruned, rep = _prune_and_check(m)
+    assert any(g["prunable"] and g["removed"] for g in rep.groups)
+    feeds = feeds_for(pruned)
+    assert [o.shape for o in outputs(pruned, feeds)] == [(1, 2, 8, 8), (1, 5, 8, 8)]
+
+
+def test_group_feeding_a_graph_output_stays_whole():
+    b = G()
+    a = b.op("Relu", [b.conv(b.x, 4, 8, name="tapped")])
+    b.output(a)  # an intermediate feature map that is also a model output (detection necks)
+    b.output(b.conv(b.op("Relu", [b.conv(a, 8, 8, name="inner")]), 8, 3))
+    pruned, rep = _prune_and_check(b.model())
+    tapped = next(g for g in rep.groups if "tapped" in g["sources"])
+    inner = next(g for g in rep.groups if "inner" in g["sources"])
+    assert not tapped["prunable"] and "output" in tapped["reason"] and inner["removed"]
+    assert outputs(pruned, feeds_for(pruned))[0].shape == (1, 8, 8, 8)
+
+
+def _if_model():
+    b = G(shape=(1, 4, 8, 8))
+    a = b.op("Relu", [b.conv(b.x, 4, 8, name="outer")])
+    w = b.const(np.random.default_rng(1).standard_normal((8, 8, 1, 1)).astype(np.float32))
+    then_out = helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)
+    else_out = helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)
+    then_g = helper.make_graph([helper.make_node("Conv", [a, w], ["t_out"])], "then", [], [then_out])
+    else_g = helper.make_graph([helper.make_node("Relu", [a], ["e_out"])], "else", [], [else_out])
+    cond = b.const(np.array(True))
+    b.nodes.append(helper.make_node("If", [cond], ["if_out"], then_branch=then_g, else_branch=else_g, name="branch"))
+    mid = b.op("Relu", [b.conv(b.x, 4, 6, name="free")])
+    b.output(b.conv("if_out", 8, 3, k=1))
+    b.output(b.conv(mid, 6, 2))
+    m = b.model()
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info(m.graph.output[0].name, TensorProto.FLOAT, [1, 3, 8, 8]))
+    return m
+
+
+def test_subgraph_reads_freeze_their_groups_and_stay_untouched():
+    m = _if_model()
+    pruned, rep = _prune_and_check(m)
+    outer = next(g for g in rep.groups if "outer" in g["sources"])
+    free = next(g for g in rep.groups if "free" in g["sources"])
+    assert not outer["prunable"] and "subgraph" in outer["reason"].lower()
+    assert free["prunable"] and free["removed"]
+    before = next(n for n in m.graph.node if n.op_type == "If")
+    after = next(n for n in pruned.graph.node if n.op_type == "If")
+    assert after.SerializeToString() == before.SerializeToString()
+    feeds = feeds_for(m)
+    assert np.allclose(outputs(pruned, feeds)[0], outputs(m, feeds)[0], atol=1e-5)
+
+
+def test_non_float_input_is_carried_through():
+    """An int64 side input (e.g. a class index for conditional heads) next to the image."""
+    b = G(shape=(1, 3, 8, 8))
+    b.inputs.append(helper.make_tensor_value_info("idx", TensorProto.INT64, [1]))
+    a = b.op("Relu", [b.conv(b.x, 3, 8)])
+    y = b.conv(a, 8, 6)
+    b.output(b.op("Gather", [y, "idx"], axis=1))
+    pruned, rep = _prune_and_check(b.model())
+    assert any(g["removed"] for g in rep.groups)
+    out = run_model(pruned, {"x": np.ones((1, 3, 8, 8), np.float32), "idx": np.array([2], np.int64)})[0]
+    assert out.shape == (1, 1, 8, 8)
+
+
+def test_fp16_model_prunes_and_verifies():
+    b = G(shape=(1, 3, 8, 8))
+    a = b.op("Relu", [b.conv(b.x, 3, 16)])
+    b.output(b.conv(b.op("Relu", [b.conv(a, 16, 16)]), 16, 4))
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m16 = convert_float_to_float16(b.model(), keep_io_types=False)
+    assert m16.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    pruned, rep = _prune_and_check(m16)
+    assert all(t.data_type == TensorProto.FLOAT16 for t in pruned.graph.initializer if t.dims)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float16)
+    assert run_model(pruned, {"x": x})[0].dtype == np.float16
+    assert rep.after.params < rep.before.params
