@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -29,7 +28,7 @@ from onnxprune.allocation.targets import counts_of  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 from onnxprune.save import save_model  # noqa: E402
-from _common import machine, replace_section  # noqa: E402
+from _common import fmnist_files, machine, replace_section  # noqa: E402
 
 SHARED = os.path.join(HERE, "..", "..", "shared")
 TARGET = 0.5
@@ -140,10 +139,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(HERE, "out", "allocation.json"))
     ap.add_argument("--readme")
     args = ap.parse_args()
-    calib_dir = os.path.join(HERE, "..", "calib", "out")
-    test, train = os.path.join(calib_dir, "fmnist_test.npz"), os.path.join(calib_dir, "fmnist_calib.npz")
-    if not os.path.exists(test):
-        subprocess.run([sys.executable, os.path.join(HERE, "..", "calib", "fashion_mnist.py")], check=True)
+    test, train = fmnist_files()
     os.makedirs(args.workdir, exist_ok=True)
     if args.skip_accuracy:
         with open(args.out) as f:

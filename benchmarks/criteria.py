@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import onnxprune  # noqa: E402
-from _common import replace_section  # noqa: E402
+from _common import fmnist_files, replace_section  # noqa: E402
 from onnxprune.criteria import CRITERIA  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 
@@ -36,10 +35,7 @@ def main() -> None:
     ap.add_argument("--readme")
     ap.add_argument("--merge", action="store_true", help="keep the other rows already in --out (re-run a subset)")
     args = ap.parse_args()
-    calib_dir = os.path.join(HERE, "..", "calib", "out")
-    calib, test = os.path.join(calib_dir, "fmnist_calib.npz"), os.path.join(calib_dir, "fmnist_test.npz")
-    if not os.path.exists(test):
-        subprocess.run([sys.executable, os.path.join(HERE, "..", "calib", "fashion_mnist.py")], check=True)
+    test, calib = fmnist_files()
     info = json.load(open(os.path.join(SHARED, "models", "models.json")))
     rows = []
     if args.merge and os.path.exists(args.out):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -25,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "calib"))
 import onnxprune  # noqa: E402
-from _common import machine, replace_section  # noqa: E402
+from _common import fmnist_files, machine, replace_section  # noqa: E402
 
 SHARED = os.path.join(HERE, "..", "..", "shared")
 VARIANTS = {
@@ -83,11 +82,8 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="update rows of an existing --out")
     ap.add_argument("--readme")
     args = ap.parse_args()
-    calib_dir = os.path.join(HERE, "..", "calib", "out")
-    test_path, calib_path = os.path.join(calib_dir, "fmnist_test.npz"), os.path.join(calib_dir, "fmnist_calib.npz")
-    if not os.path.exists(test_path):
-        subprocess.run([sys.executable, os.path.join(HERE, "..", "calib", "fashion_mnist.py")], check=True)
-    distill = onnxprune.DataSpec(distill_set(calib_dir), batch_size=64)
+    test_path, calib_path = fmnist_files()
+    distill = onnxprune.DataSpec(distill_set(os.path.dirname(test_path)), batch_size=64)
     calib = onnxprune.DataSpec(calib_path, batch_size=64)
     test = onnxprune.DataSpec(test_path, batch_size=500)
     info = json.load(open(os.path.join(SHARED, "models", "models.json")))

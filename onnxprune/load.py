@@ -219,6 +219,26 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int,
 SKELETON_MIN_ELEMENTS = 64
 
 
+PROTO_LIMIT = 2**31 - 2**20  # protobuf cannot serialise a message of 2 GB; a margin for the graph itself
+
+
+def too_large(model: onnx.ModelProto) -> bool:
+    """Whether the model is past protobuf's 2 GB limit. ``ByteSize()`` itself raises there (upb), so
+    the weights' payload is summed instead."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.raw_data:
+            total += len(t.raw_data)
+        elif t.data_type == onnx.TensorProto.STRING:
+            total += sum(len(x) for x in t.string_data)
+        else:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        if total >= PROTO_LIMIT:
+            return True
+    return False
+
+
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy without the payload of large initializers (they become typed graph inputs).
 
@@ -261,6 +281,8 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
             for d in input_shapes[inp.name]:
                 tt.shape.dim.add().dim_value = d
     del light.graph.value_info[:]
+    for o in light.graph.output:  # declared output shapes can be wrong (onnxruntime ignores them): infer them
+        o.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as e:
@@ -343,7 +365,7 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     _check_opset(model)
     _check_acyclic(model, {t.name for t in model.graph.initializer})  # before the checker: its message is vaguer
     try:
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 2**20 else skeleton(model), full_check=False)
+        onnx.checker.check_model(skeleton(model) if too_large(model) else model, full_check=False)
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None

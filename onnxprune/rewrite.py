@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .groups.actions import Action
-from .load import Graph, infer_shapes, skeleton
+from .load import Graph, infer_shapes, skeleton, too_large
 from .plan import PruningPlan
 
 
@@ -206,7 +206,7 @@ def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
 def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: onnx.ModelProto) -> None:
     """Post-condition of the rewrite: valid ONNX, and every channel-carrying tensor has the planned shape."""
     try:
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 2**20 else skeleton(model))
+        onnx.checker.check_model(skeleton(model) if too_large(model) else model)
     except Exception as e:
         raise VerificationError(f"pruned model fails the ONNX checker: {str(e).splitlines()[0][:300]}") from None
     try:

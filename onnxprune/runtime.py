@@ -13,6 +13,8 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, th
     """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers)."""
     import onnxruntime as ort
 
+    from .load import too_large
+
     so = ort.SessionOptions()
     so.log_severity_level = 4  # ORT prints failures to stderr itself; ours is the one-line message
     if threads:
@@ -22,7 +24,7 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, th
     elif optimize == "extended":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
-        if not isinstance(model, bytes) and model.ByteSize() >= 2**31 - 2**20:
+        if not isinstance(model, bytes) and too_large(model):
             return _session_from_files(model, so)
         data = model if isinstance(model, bytes) else model.SerializeToString()
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])

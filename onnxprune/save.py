@@ -10,8 +10,6 @@ import onnx
 
 from .errors import OnnxPruneError
 
-TWO_GB = 2**31 - 2**20
-
 
 def check_output_path(out: str, inputs: list[str]) -> None:
     out_abs = os.path.abspath(out)
@@ -38,7 +36,9 @@ def save_model(model: onnx.ModelProto, out: str, external: bool | None = None) -
     folder = os.path.dirname(out_abs)
     base = os.path.basename(out_abs)
     if external is None:
-        external = model.ByteSize() > TWO_GB
+        from .load import too_large
+
+        external = too_large(model)
     tmp = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
     try:
         tmp_model = os.path.join(tmp, base)

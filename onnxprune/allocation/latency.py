@@ -157,7 +157,7 @@ def latency_plan_measured(graph, analysis: Analysis, scores: dict[int, np.ndarra
                           tol: float = 0.02, rounds: int = 6) -> PruningPlan:
     """Closed loop around ``latency_plan``: the returned plan's latency was measured, not predicted.
 
-    Keeps the least-pruned plan whose measured latency is within ``tol`` of the target (or below);
+    Keeps the slowest plan whose measured latency is within ``tol`` of the target (or below);
     when none is, the fastest one measured, with a warning.
     """
     check_target_latency(target)
@@ -180,8 +180,8 @@ def latency_plan_measured(graph, analysis: Analysis, scores: dict[int, np.ndarra
             nxt = budget * target / measured
         budget = float(np.clip(nxt, -5.0, 1.0))
     ok = [t for t in tried if t[2] <= target + tol]
-    if ok:
-        budget, pred, measured, plan = max(ok, key=lambda t: t[0])
+    if ok:  # the slowest plan that meets the target is the one that pruned least
+        budget, pred, measured, plan = max(ok, key=lambda t: t[2])
     else:
         budget, pred, measured, plan = min(tried, key=lambda t: t[2])
         log.warning("--target-latency %.3f not reached: the fastest plan measured %.3f of the original", target, measured)
