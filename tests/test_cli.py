@@ -114,11 +114,12 @@ def test_interrupt_leaves_no_partial_file(tmp_path, shared_models):
     p = subprocess.Popen([sys.executable, "-m", "onnxprune", "prune", os.path.join(shared_models, "vgg11.onnx"),
                           "-o", str(out_dir / "o.onnx"), "--criterion", "thinet", "--calib", "random:4000",
                           "--samples", "20000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # well past the imports (under 1 s), inside the calibration pass
+    time.sleep(20)  # well past the imports (1 s idle, several on a loaded CI machine); the run takes minutes, inside the calibration pass
     assert p.poll() is None, p.communicate()
     p.send_signal(signal.SIGINT)
     _, stderr = p.communicate(timeout=60)
-    assert p.returncode == 130 and stderr.strip().splitlines() == ["onnxprune: interrupted; no output written"]
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "onnxprune: interrupted; no output written"
     assert os.listdir(out_dir) == []
 
 
