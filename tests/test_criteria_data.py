@@ -71,7 +71,7 @@ def test_l1_and_l2_remove_the_smallest_filter():
 def test_weak_layer_penalises_low_spread_layers():
     b = G(shape=(1, 4, 6, 6))
     rng = np.random.default_rng(1)
-    spread = rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * np.arange(1, 9)[:, None, None, None]
+    spread = (rng.standard_normal((8, 4, 3, 3)) * np.arange(1, 9)[:, None, None, None]).astype(np.float32)
     uniform = (rng.standard_normal((8, 8, 3, 3)) * 0.01 + 1).astype(np.float32)
     a = b.op("Relu", [b.op("Conv", [b.x, b.const(spread)], pads=[1, 1, 1, 1])])
     b.nodes[-2].name = "strong"
