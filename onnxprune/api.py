@@ -181,8 +181,8 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
                                     f"(relative {res.max_rel_diff:.3e} > {res.tolerance:.1e}); output not written")
     rescaled: list[str] = []
     recovered: dict = {}
-    reconstructing = recovery.reconstruct or (recovery.reconstruct is None and data is not None)
-    if rescale and plan.meta.get("criterion") == "thinet" and plan.remove and not reconstructing:
+    thinet = plan.meta.get("criterion") == "thinet"
+    if rescale and thinet and plan.remove and not recovery.reconstructs(data is not None):
         # after verification on purpose: the structural rewrite is proven exact first, then ThiNet's
         # least squares deliberately changes the kept weights of the layers that lost inputs
         from .criteria.thinet import rescale as thinet_rescale

@@ -359,8 +359,7 @@ def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
     return feeds
 
 
-def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                check_runs: bool = True) -> Graph:
+def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     """Normalise, check and shape-annotate a model: the single entry point of every pipeline."""
     _check_opset(model)
     _check_acyclic(model, {t.name for t in model.graph.initializer})  # before the checker: its message is vaguer
@@ -384,10 +383,8 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
         for k, i in enumerate(node.input):
             if i:
                 g.consumers.setdefault(i, []).append((node, k))
-    _check_acyclic(norm, consts)
     _check_finite(g)
-    if check_runs:
-        _check_runs(model, shapes_in)
+    _check_runs(model, shapes_in)
     return g
 
 

@@ -30,6 +30,7 @@ def attrs(node) -> dict:
 
 
 def _ints(t):
+    """Integers of a shape-like tensor (numpy, or torch on any device: ``tolist`` copies to the host)."""
     return [int(v) for v in t.reshape(-1).tolist()]
 
 
@@ -293,7 +294,7 @@ def _gpool(t, x, a, n):
 def _axes(x, a, default_all, rank):
     axes = a.get("axes")
     if axes is None and len(x) > 1 and x[1] is not None:
-        axes = _ints(x[1].cpu().numpy())
+        axes = _ints(x[1])
     if not axes:
         return None if a.get("noop_with_empty_axes", 0) else list(range(rank)) if default_all else []
     return [v % rank for v in axes]
@@ -324,7 +325,7 @@ def _reduce(t, x, a, n):
 # --- layout --------------------------------------------------------------------------------------------
 @op("Reshape")
 def _reshape(t, x, a, n):
-    shape = _ints(x[1].cpu().numpy())
+    shape = _ints(x[1])
     if not a.get("allowzero", 0):
         shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
     return x[0].reshape(shape)
@@ -343,7 +344,7 @@ def _transpose(t, x, a, n):
 
 @op("Squeeze")
 def _squeeze(t, x, a, n):
-    axes = a.get("axes") or (_ints(x[1].cpu().numpy()) if len(x) > 1 and x[1] is not None else None)
+    axes = a.get("axes") or (_ints(x[1]) if len(x) > 1 and x[1] is not None else None)
     if axes is None:
         return x[0].squeeze()
     out = x[0]
@@ -354,7 +355,7 @@ def _squeeze(t, x, a, n):
 
 @op("Unsqueeze")
 def _unsqueeze(t, x, a, n):
-    axes = a.get("axes") or _ints(x[1].cpu().numpy())
+    axes = a.get("axes") or _ints(x[1])
     out = x[0]
     rank = x[0].dim() + len(axes)
     for ax in sorted(v % rank for v in axes):
@@ -372,7 +373,7 @@ def _split(t, x, a, n):
     axis = a.get("axis", 0)
     dim = x[0].shape[axis]
     if len(x) > 1 and x[1] is not None:
-        sizes = _ints(x[1].cpu().numpy())
+        sizes = _ints(x[1])
     elif "split" in a:
         sizes = list(a["split"])
     else:
@@ -384,9 +385,9 @@ def _split(t, x, a, n):
 
 @op("Slice")
 def _slice(t, x, a, n):
-    starts, ends = _ints(x[1].cpu().numpy()), _ints(x[2].cpu().numpy())
-    axes = _ints(x[3].cpu().numpy()) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
-    steps = _ints(x[4].cpu().numpy()) if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    starts, ends = _ints(x[1]), _ints(x[2])
+    axes = _ints(x[3]) if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = _ints(x[4]) if len(x) > 4 and x[4] is not None else [1] * len(starts)
     out = x[0]
     for s, e, ax, st in zip(starts, ends, axes, steps):
         dim = out.shape[ax]
@@ -407,13 +408,13 @@ def _gather(t, x, a, n):
 
 @op("Expand")
 def _expand(t, x, a, n):
-    shape = _ints(x[1].cpu().numpy())
+    shape = _ints(x[1])
     return x[0] * t.ones(shape, dtype=x[0].dtype) if x[0].dtype != t.bool else x[0].expand(*shape)
 
 
 @op("Tile")
 def _tile(t, x, a, n):
-    return x[0].repeat(*_ints(x[1].cpu().numpy()))
+    return x[0].repeat(*_ints(x[1]))
 
 
 @op("Shape")
@@ -426,7 +427,7 @@ def _shape(t, x, a, n):
 def _pad(t, x, a, n):
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    pads = _ints(x[1].cpu().numpy())
+    pads = _ints(x[1])
     value = float(x[2].item()) if len(x) > 2 and x[2] is not None else 0.0
     if mode == "constant":
         return _pad_for(t, x[0], pads, value)
@@ -441,9 +442,9 @@ def _pad(t, x, a, n):
 def _resize(t, x, a, n):
     mode = a.get("mode", b"nearest")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    sizes = _ints(x[3].cpu().numpy()) if len(x) > 3 and x[3] is not None else None
+    sizes = _ints(x[3]) if len(x) > 3 and x[3] is not None else None
     if sizes is None:
-        scales = x[2].cpu().numpy().tolist()
+        scales = x[2].tolist()
         sizes = [int(math.floor(d * s)) for d, s in zip(x[0].shape, scales)]
     if list(sizes[:2]) != list(x[0].shape[:2]):
         raise OnnxPruneError("torch evaluation: Resize of batch/channel axes")
@@ -459,7 +460,7 @@ def _resize(t, x, a, n):
 def _cos(t, x, a, n):
     val = a.get("value")
     arr = onnx.numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)
-    return t.full(_ints(x[0].cpu().numpy()), float(arr.reshape(-1)[0]), dtype=t.from_numpy(arr).dtype)
+    return t.full(_ints(x[0]), float(arr.reshape(-1)[0]), dtype=t.from_numpy(arr).dtype)
 
 
 @op("Range")

@@ -120,6 +120,15 @@ def _batch_step(spec, graph) -> tuple[int, bool]:
     return (min(fixed), True) if fixed else (spec.batch_size, False)
 
 
+def _usable(n: int, spec, graph, where: str) -> tuple[int, int]:
+    """(batch size, samples used): a fixed batch size cannot take a partial last batch, so it is dropped."""
+    step, fixed = _batch_step(spec, graph)
+    if fixed and n % step:
+        log.warning("%s: the model's batch size is fixed at %d; the last %d samples are not used", where, step, n % step)
+        n -= n % step
+    return step, n
+
+
 def _random(spec, graph, src):
     try:
         n = int(src.split(":", 1)[1])
@@ -163,10 +172,7 @@ def _arrays(spec, graph, path):
     n = len(next(iter(arrays.values())))
     if any(len(a) != n for a in arrays.values()) or (labels is not None and len(labels) != n):
         raise OnnxPruneError(f"{path}: arrays and labels have different sample counts")
-    step, fixed = _batch_step(spec, graph)
-    if fixed and n % step:
-        log.warning("%s: the model's batch size is fixed at %d; the last %d samples are not used", path, step, n % step)
-        n -= n % step
+    step, n = _usable(n, spec, graph, path)
     for start in range(0, n, step):
         sl = slice(start, start + step)
         yield {k: a[sl] for k, a in arrays.items()}, None if labels is None else np.asarray(labels[sl])
@@ -190,11 +196,8 @@ def _images(spec, graph, folder):
     size = spec.size or ((shape[2], shape[3]) if nchw else (shape[1], shape[2]))
     mean = np.array(spec.mean, dtype=np.float32)
     std = np.array(spec.std, dtype=np.float32)
-    step, fixed = _batch_step(spec, graph)
-    if fixed and len(files) % step:
-        log.warning("%s: the model's batch size is fixed at %d; the last %d images are not used", folder, step,
-                    len(files) % step)
-        files = files[:len(files) - len(files) % step]
+    step, n = _usable(len(files), spec, graph, folder)
+    files = files[:n]
     for start in range(0, len(files), step):
         chunk = files[start:start + step]
         imgs, labels = [], []

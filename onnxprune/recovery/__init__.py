@@ -21,9 +21,11 @@ class RecoveryOptions:
     samples: int = 8192  # sample positions per refitted layer
     ridge: float = 1e-3
 
+    def reconstructs(self, have_data: bool) -> bool:
+        return self.reconstruct if self.reconstruct is not None else have_data
+
     def active(self, have_data: bool) -> bool:
-        return bool(self.bias_compensation or self.recalibrate or (self.reconstruct or
-                                                                     (self.reconstruct is None and have_data)))
+        return bool(self.bias_compensation or self.recalibrate or self.reconstructs(have_data))
 
 
 def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, progress: bool = False) -> dict:
@@ -33,7 +35,7 @@ def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, p
     batches = load_batches(data, rec.original)
     out: dict = {"timings_s": {}}
     steps = [("bias_compensated", options.bias_compensation, lambda: compensate_bias(rec, batches)),
-             ("reconstructed", options.reconstruct is not False,
+             ("reconstructed", options.reconstructs(True),
               lambda: reconstruct(rec, batches, options.samples, options.ridge, seed, progress)),
              ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress))]
     for key, on, fn in steps:

@@ -119,11 +119,11 @@ def waves(model: onnx.ModelProto, units) -> list[list[str]]:
 
 
 def load_batches(data, graph: Graph) -> list:
-    from ..data import open_data
+    from ..data import batches
 
     if data is None:
         raise OnnxPruneError("recovery needs calibration data: pass --calib (e.g. data.npz, a folder of images)")
-    return list(open_data(data, graph))  # read once: every wave streams the same batches
+    return batches(data, graph)  # read once: every wave streams the same batches
 
 
 def stream(model: onnx.ModelProto, names: list[str], batches, shapes: dict, fn, budget: int = BATCH_BUDGET) -> None:

@@ -60,8 +60,7 @@ def recalibrate(rec: Recovery, batches, progress: bool = False) -> list[str]:
     outs = {rec.orig_nodes[n].output[0]: lay.channel_axis for n, lay in layers.items()}
     orig = moments(rec.original.model, outs, batches, rec.original.shapes)
     changed = []
-    for wave in bar(waves(rec.pruned, list(layers) + bns), desc="recalibrate", unit="wave",
-                     enabled=progress):
+    for wave in bar(waves(rec.pruned, list(layers) + bns), desc="recalibrate", unit="wave", enabled=progress):
         axes = {}
         for n in wave:
             node = rec.nodes[n]
