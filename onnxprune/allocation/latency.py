@@ -9,7 +9,7 @@ millisecond saved until the prediction meets the budget.
 
 The additive prediction is optimistic: each saving is a small difference of two noisy whole-model
 timings, and the greedy picks exactly the entries whose noise made them look large (on resnet50 with
-onnxruntime CPU a predicted 0.50 measured 0.92). So the plan is measured for real against the
+onnxruntime CPU a predicted 0.50 measured 0.93). So the plan is measured for real against the
 original and the budget handed to the greedy is corrected by secant steps on (budget, measured
 latency) until the measurement meets the target (``latency_plan_measured``).
 
