@@ -177,8 +177,7 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
         timings["verify"] = time.perf_counter() - t
         ver = res.to_json()
         if not res.passed:
-            raise VerificationError(f"rewrite is not exact: max |diff| {res.max_abs_diff:.3e} exceeds tolerance "
-                                    f"(relative {res.max_rel_diff:.3e} > {res.tolerance:.1e}); output not written")
+            raise VerificationError(f"{res.message()}; output not written")
     rescaled: list[str] = []
     recovered: dict = {}
     thinet = plan.meta.get("criterion") == "thinet"

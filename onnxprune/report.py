@@ -83,13 +83,35 @@ class PruneReport:
 
     def summary(self) -> str:
         v = self.verification
-        ver = "skipped" if v is None else (f"exact (max |diff| {v['max_abs_diff']:.2e})" if v["passed"] else "FAILED")
+        ver = verification_text(v)
         return (f"MACs {self.before.macs / 1e6:.2f} M -> {self.after.macs / 1e6:.2f} M "
                 f"({100 * (1 - self.after.macs / max(self.before.macs, 1)):.1f}% fewer), params "
                 f"{self.before.params / 1e6:.3f} M -> {self.after.params / 1e6:.3f} M, "
                 f"{sum(len(g['removed']) for g in self.groups)} channels removed in "
-                f"{sum(1 for g in self.groups if g['removed'])} groups{self._step_note()}, verification: {ver}")
+                f"{sum(1 for g in self.groups if g['removed'])} groups{self._step_note()}{self._target_note()}, "
+                f"verification: {ver}")
+
+    def _target_note(self) -> str:
+        meta = self.plan.get("meta", {}) if isinstance(self.plan, dict) else {}
+        for metric in ("macs", "params"):
+            if f"target_{metric}" in meta:
+                how = " by blending two uniform ratios" if "blended" in meta else ""
+                return (f" (target {meta[f'target_{metric}']:.3f} of the {metric}, achieved "
+                        f"{meta[f'achieved_{metric}']:.3f}{how})")
+        return ""
 
     def _step_note(self) -> str:
         k = self.plan.get("meta", {}).get("step") if isinstance(self.plan, dict) else None
         return f" in the last of {k} steps" if k else ""
+
+
+def verification_text(v: dict | None) -> str:
+    """One phrase for the summary line and the Markdown report, naming what decided."""
+    if v is None:
+        return "skipped (--no-verify)"
+    if not v["passed"]:
+        return "FAILED"
+    if v.get("method") == "float64":
+        return (f"exact in float64 (relative |diff| {v['float64_rel_diff']:.1e}; float32 |diff| "
+                f"{v['max_abs_diff']:.2e} is rounding, reference's own float32 error {v['noise_floor']:.1e})")
+    return f"exact (max |diff| {v['max_abs_diff']:.2e})"

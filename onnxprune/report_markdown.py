@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .report import PruneReport
+from .report import PruneReport, verification_text
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ def markdown(report: PruneReport, model: str = "", output: str = "", files: dict
     j = report.to_json()
     meta = j["plan"].get("meta", {}) if isinstance(j["plan"], dict) else {}
     v = report.verification
-    ver = "skipped (--no-verify)" if v is None else (
-        f"exact: max |diff| {v['max_abs_diff']:.2e} against the masked original" if v["passed"] else "FAILED")
+    ver = verification_text(v) + (" against the masked original" if v and v["passed"] else "")
     settings = ", ".join(f"{k} {meta[k]}" for k in ("ratio", "round_to", "min_channels", "combine", "target_macs")
                          if k in meta)
     lines = [f"# onnxprune report: {os.path.basename(model) or 'model'}", ""]

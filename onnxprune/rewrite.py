@@ -172,11 +172,25 @@ def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
         new_pos = np.full(dim, -1, dtype=np.int64)
         new_pos[kept_idx] = np.arange(len(kept_idx))
         idx = ed.value(node, 1)
-        flat = np.where(idx < 0, idx + dim, idx).reshape(-1)
-        remapped = new_pos[flat]
-        ed.replace_input(node, 1, remapped[remapped >= 0].astype(idx.dtype), "c")
+        remapped = new_pos[np.where(idx < 0, idx + dim, idx)]
+        ed.replace_input(node, 1, _kept_block(remapped, act.node).astype(idx.dtype), "c")
     else:
         raise AssertionError(f"unknown action {act.kind}")
+
+
+def _kept_block(remapped: np.ndarray, node: str) -> np.ndarray:
+    """The index array without its removed entries, keeping its rank: along each axis of the indices, a
+    slice goes when every entry in it reads a removed channel. Multi-dimensional constant indices
+    (dynamo's as_strided lowering of a flatten) keep their shape that way; a removal pattern that is not
+    a rectangular block cannot be written as a smaller index array and is refused."""
+    if remapped.ndim == 0:
+        return remapped
+    alive = remapped >= 0
+    keep = [np.any(alive, axis=tuple(a for a in range(alive.ndim) if a != ax)) for ax in range(alive.ndim)]
+    block = remapped[np.ix_(*keep)]
+    if np.any(block < 0):
+        raise OnnxPruneError(f"Gather '{node}': removed channels do not form whole slices of its indices")
+    return block
 
 
 def _finish(model: onnx.ModelProto, ed: _Editor) -> None:

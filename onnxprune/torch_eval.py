@@ -37,16 +37,25 @@ def _ints(t):
 class TorchGraph:
     """Callable over feed dicts; ``keep`` names intermediate tensors to return (with retained grads)."""
 
-    def __init__(self, model: onnx.ModelProto, consts: dict[str, np.ndarray], device: str = "cpu"):
+    def __init__(self, model: onnx.ModelProto, consts: dict[str, np.ndarray], device: str = "cpu",
+                 float64: bool = False):
+        """``float64`` evaluates every floating tensor in double precision (Casts to a float type included):
+        the exactness check's arbiter when float32 rounding alone exceeds its bound."""
         import torch
 
         self.torch = torch
         self.model = model
         self.device = torch.device(device)
-        self.consts = {k: torch.from_numpy(np.array(v)).to(self.device) for k, v in consts.items()}
+        self.float64 = float64
+        self.consts = {k: self._promote(torch.from_numpy(np.array(v)).to(self.device)) for k, v in consts.items()}
         missing = sorted({n.op_type for n in model.graph.node if n.op_type not in OPS})
         if missing:
             raise OnnxPruneError(f"torch evaluation does not support op(s) {', '.join(missing)}")
+
+    def _promote(self, v):
+        if self.float64 and isinstance(v, self.torch.Tensor) and v.is_floating_point() and v.dtype != self.torch.float64:
+            return v.to(self.torch.float64)
+        return v
 
     def run(self, feeds: dict, keep=(), edit: dict | None = None, grad: bool = False):
         """Outputs and the ``keep`` tensors; ``edit`` maps a tensor name to a function applied where it is
@@ -59,7 +68,7 @@ class TorchGraph:
         torch = self.torch
         env = dict(self.consts)
         for k, v in feeds.items():
-            tv = torch.from_numpy(np.asarray(v)).to(self.device)
+            tv = self._promote(torch.from_numpy(np.asarray(v)).to(self.device))
             if grad and tv.is_floating_point():
                 tv.requires_grad_(True)
             env[k] = tv
@@ -70,6 +79,7 @@ class TorchGraph:
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
             for name, val in zip(node.output, outs):
                 if name:
+                    val = self._promote(val)
                     if name in edit:
                         val = edit[name](val)
                     env[name] = val

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import VerificationError
+from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .load import Graph, random_feeds, skeleton
 from .plan import PruningPlan
@@ -17,16 +17,48 @@ from .rewrite import Keep
 from .runtime import run_model
 
 
+# float32 bound: a correct rewrite of a shallow model stays far below it, and the check ends there
+RTOL32 = 1e-4
+# float64 bound: correct rewrites measured 1e-15..1e-13 of the output scale on the real models (PP-OCRv5
+# det/rec, YOLOX) where float32 reached 1e-4; a wrong channel moves the output by far more than 1e-9
+RTOL64 = 1e-9
+# onnxruntime's float32 result of the pruned model must be as close to its own float64 value as the
+# reference's is to its own (measured ratio <= 1.6 on those models): a larger gap means onnxruntime and
+# the float64 evaluator disagree about the rewritten graph, which the float64 comparison alone would miss
+NOISE_FACTOR = 16.0
+
+
 @dataclass
 class VerifyResult:
+    """``method`` says what decided: "float32" (onnxruntime, fixed bound) or "float64" (the float32
+    difference exceeded its bound, so both models were re-evaluated in double precision)."""
+
     max_abs_diff: float
     max_rel_diff: float
     tolerance: float
     masked_points: int
     passed: bool
+    method: str = "float32"
+    float64_rel_diff: float | None = None
+    float64_tolerance: float | None = None
+    noise_floor: float | None = None  # float32 error of the masked reference against its float64 value
+    pruned_float32_error: float | None = None
+    reason: str = ""
 
     def to_json(self) -> dict:
         return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in self.__dict__.items()}
+
+    def message(self) -> str:
+        """Why the rewrite was refused, in one line."""
+        base = (f"rewrite is not exact: max |diff| {self.max_abs_diff:.3e} exceeds tolerance "
+                f"(relative {self.max_rel_diff:.3e} > {self.tolerance:.1e})")
+        if self.reason:
+            return f"{base}; {self.reason}"
+        if self.method == "float64":
+            return (f"{base}, and in float64 the difference is {self.float64_rel_diff:.3e} "
+                    f"(bound {self.float64_tolerance:.0e}) with float32 error {self.pruned_float32_error:.2e} "
+                    f"against a noise floor of {self.noise_floor:.2e}")
+        return base
 
 
 def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tuple[onnx.ModelProto, int]:
@@ -125,43 +157,102 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def verify(graph: Graph, analysis: Analysis, plan: PruningPlan, pruned: onnx.ModelProto,
-           feeds: list[dict[str, np.ndarray]] | None = None, rtol: float = 1e-4, seed: int = 0) -> VerifyResult:
-    """Compare pruned vs masked original on seeded random inputs (batch 2 where the batch is dynamic)."""
+           feeds: list[dict[str, np.ndarray]] | None = None, rtol: float = RTOL32, seed: int = 0) -> VerifyResult:
+    """Compare pruned vs masked original on seeded random inputs (batch 2 where the batch is dynamic).
+
+    float32 rounding compounds with depth: on deep trained models (20+ pruned groups, LayerNorm, a
+    6,625-way softmax) a correct rewrite can differ by more than any fixed float32 bound. So a float32
+    difference above ``rtol`` is not a verdict: both models are evaluated again in float64, where a
+    correct rewrite agrees to ~1e-13 and a wrong one does not."""
     ref, points = masked_reference(graph, analysis, plan)
-    if feeds is None:
-        shapes = dict(graph.input_shapes)
-        for inp in graph.model.graph.input:
-            dims = inp.type.tensor_type.shape.dim
-            if inp.name in shapes and dims and not dims[0].HasField("dim_value"):
-                shapes[inp.name] = (2,) + tuple(shapes[inp.name][1:])  # a batch of 2 also checks batch mixing
-        feeds = [random_feeds(graph.model, shapes, seed=seed)]
+    feeds = feeds if feeds is not None else [_random_feed(graph, seed)]
     worst_abs = worst_rel = 0.0
-    tol = 0.0
-    passed = True
+    runs = []
     for feed in feeds:
-        want = run_model(ref, feed)
-        got = run_model(pruned, feed)
+        want, got = run_model(ref, feed), run_model(pruned, feed)
+        runs.append((feed, want, got))
         for w, o in zip(want, got):
-            w = np.asarray(w)
-            o = np.asarray(o)
+            w, o = np.asarray(w), np.asarray(o)
             if w.shape != o.shape:
                 raise VerificationError(f"output shape changed from {w.shape} to {o.shape}")
+            failure = _structural_failure(w, o)
+            if failure:
+                return VerifyResult(worst_abs, worst_rel, rtol, points, False, reason=failure)
             if not np.issubdtype(w.dtype, np.floating):
-                if not np.array_equal(w, o):
-                    passed = False
                 continue
-            wf, of = w.astype(np.float64), o.astype(np.float64)
-            finite = np.isfinite(wf) & np.isfinite(of)
-            same_special = ~finite & ((wf == of) | (np.isnan(wf) & np.isnan(of)))
-            if not np.all(finite | same_special):  # an inf/nan on one side only
-                passed = False
-                continue
-            scale = max(1.0, float(np.max(np.abs(wf[finite]))) if finite.any() else 1.0)
-            eps = rtol if w.dtype != np.float16 else 5e-3
-            diff = float(np.max(np.abs(wf[finite] - of[finite]))) if finite.any() else 0.0
-            worst_abs = max(worst_abs, diff)
-            worst_rel = max(worst_rel, diff / scale)
-            tol = eps
-            if not diff <= eps * scale:
-                passed = False
-    return VerifyResult(worst_abs, worst_rel, tol or rtol, points, passed)
+            diff, scale = _diff(w, o)
+            worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, diff / scale)
+    eps = 5e-3 if _any_half(runs) else rtol
+    if worst_rel <= eps:
+        return VerifyResult(worst_abs, worst_rel, eps, points, True)
+    return _float64_verdict(ref, pruned, runs, VerifyResult(worst_abs, worst_rel, eps, points, False, "float64"))
+
+
+def _random_feed(graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    shapes = dict(graph.input_shapes)
+    for inp in graph.model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in shapes and dims and not dims[0].HasField("dim_value"):
+            shapes[inp.name] = (2,) + tuple(shapes[inp.name][1:])  # a batch of 2 also checks batch mixing
+    return random_feeds(graph.model, shapes, seed=seed)
+
+
+def _structural_failure(want: np.ndarray, got: np.ndarray) -> str:
+    """A difference no rounding explains: integer outputs that differ, inf/nan on one side only."""
+    if not np.issubdtype(want.dtype, np.floating):
+        return "" if np.array_equal(want, got) else "an integer output differs"
+    wf, of = want.astype(np.float64), got.astype(np.float64)
+    finite = np.isfinite(wf) & np.isfinite(of)
+    same_special = ~finite & ((wf == of) | (np.isnan(wf) & np.isnan(of)))
+    return "" if np.all(finite | same_special) else "inf/nan on one side only"
+
+
+def _diff(want, got) -> tuple[float, float]:
+    """Max |difference| over finite positions and the output's scale (max |value|, at least 1)."""
+    wf, of = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    finite = np.isfinite(wf) & np.isfinite(of)
+    if not finite.any():
+        return 0.0, 1.0
+    return float(np.max(np.abs(wf[finite] - of[finite]))), max(1.0, float(np.max(np.abs(wf[finite]))))
+
+
+def _any_half(runs) -> bool:
+    return any(np.asarray(w).dtype == np.float16 for _, want, _ in runs for w in want)
+
+
+def _float64_verdict(ref: onnx.ModelProto, pruned: onnx.ModelProto, runs, res: VerifyResult) -> VerifyResult:
+    """Decide an inconclusive float32 comparison in float64 (torch evaluation of both graphs)."""
+    try:
+        import torch
+
+        from .torch_eval import TorchGraph
+
+        ref64 = TorchGraph(ref, _initializers(ref), float64=True)
+        pruned64 = TorchGraph(pruned, _initializers(pruned), float64=True)
+    except ImportError:
+        res.reason = "the float64 check that decides such cases needs torch: pip install 'onnxprune[torch]'"
+        return res
+    except OnnxPruneError as e:
+        res.reason = f"the float64 check that decides such cases cannot run: {e}"
+        return res
+    rel64 = noise = err = 0.0
+    with torch.no_grad():
+        for feed, want, got in runs:
+            r64, _ = ref64.run(feed)
+            p64, _ = pruned64.run(feed)
+            for w, o, a, b in zip(want, got, r64, p64):
+                if not np.issubdtype(np.asarray(w).dtype, np.floating):
+                    continue
+                a, b = a.numpy(), b.numpy()
+                d, scale = _diff(a, b)
+                rel64 = max(rel64, d / scale)
+                noise = max(noise, _diff(a, w)[0] / scale)
+                err = max(err, _diff(b, o)[0] / scale)
+    res.float64_rel_diff, res.float64_tolerance = rel64, RTOL64
+    res.noise_floor, res.pruned_float32_error = noise, err
+    res.passed = rel64 <= RTOL64 and err <= max(res.tolerance, NOISE_FACTOR * noise)
+    return res
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

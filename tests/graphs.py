@@ -76,3 +76,24 @@ class G:
         del m.graph.output[:]
         m.graph.output.extend(typed)
         return m
+
+
+def compounding(depth: int = 20, c: int = 32, classes: int = 6625, common: float = 1e4, seed: int = 0) -> onnx.ModelProto:
+    """A correct rewrite whose float32 difference exceeds 1e-4: 20 residual HardSwish blocks, LayerNorms,
+    and a 6,625-way softmax whose logits share a large common component, so float32 rounding of the
+    accumulation (different in the pruned Gemm) moves the probabilities (as in PP-OCR's recogniser)."""
+    g = G((1, 3, 24, 24), seed=seed)
+    x = g.conv(g.x, 3, c)
+    for i in range(depth):
+        w = (g.rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        x = g.op("Add", [x, g.op("HardSwish", [g.conv(x, c, c, w=w)])])
+        if i % 5 == 4:
+            t = g.op("Transpose", [x], perm=[0, 2, 3, 1])
+            t = g.op("LayerNormalization", [t, g.const(np.ones(c, np.float32)), g.const(np.zeros(c, np.float32))],
+                     axis=-1)
+            x = g.op("Transpose", [t], perm=[0, 3, 1, 2])
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [x])])
+    w = (g.rng.standard_normal(c) * common + g.rng.standard_normal((classes, c))).astype(np.float32)
+    logits = g.op("Gemm", [f, g.const(w), g.const(np.zeros(classes, np.float32))], transB=1)
+    g.output(g.op("Softmax", [logits], axis=-1))
+    return g.model()

@@ -221,3 +221,27 @@ def test_cli_target_latency_end_to_end(tmp_path):
     assert any(meta["measured_latency"] == pytest.approx(r["measured"], abs=1e-4) for r in meta["latency_rounds"])
     assert os.path.exists(str(tmp_path / "m.latency.json"))
     assert "latency" in stdout
+
+
+def test_target_between_uniform_steps_is_reached_by_blending():
+    """With --round-to 8 every 24-channel group jumps 24 -> 16 at the same uniform ratio, so no ratio
+    lands near 0.8 of the MACs; the blended plan takes the heavier cut on some groups only and lands
+    at or below the target, within one group's step, and says so."""
+    from graphs import G
+
+    b = G(shape=(1, 3, 16, 16))
+    x = b.conv(b.x, 3, 24)
+    for _ in range(10):
+        x = b.op("Relu", [b.conv(x, 24, 24)])
+    b.output(b.conv(x, 24, 4))
+    model = b.model()
+    whole = onnxprune.analyze(model).counts.macs
+    _, uniform_step = onnxprune.prune(model, ratio=0.34, round_to=8)
+    assert uniform_step.after.macs / whole < 0.7  # one uniform step jumps far past 0.8
+    pruned, r = onnxprune.prune(model, target_macs=0.8, round_to=8)
+    meta = r.plan["meta"]
+    assert "blended" in meta and r.verification["passed"]
+    achieved = r.after.macs / whole
+    assert achieved == pytest.approx(meta["achieved_macs"]) and 0.75 < achieved <= 0.8
+    assert "target 0.800 of the macs, achieved" in r.summary()
+    assert all(len(g["kept"]) % 8 == 0 for g in r.groups if g["prunable"])

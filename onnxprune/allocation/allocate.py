@@ -105,7 +105,9 @@ def allocate(graph, analysis: Analysis, scores: dict[int, np.ndarray], alloc: Al
             from .targets import plan_for_target
 
             target = alloc.target_macs if metric == "macs" else alloc.target_params
-            plan, _, knob = plan_for_target(graph, analysis, make, target, metric)
+            order = None if alloc.global_rank or alloc.strategy == "greedy" else \
+                _cheapest_first(normalise(scores, "l2", alloc.nu))
+            plan, _, knob = plan_for_target(graph, analysis, make, target, metric, blend_order=order)
             plan.meta["ratio" if not alloc.global_rank else "fraction"] = knob
         else:
             plan = make(alloc.ratio)
@@ -114,3 +116,17 @@ def allocate(graph, analysis: Analysis, scores: dict[int, np.ndarray], alloc: Al
     if measured:
         plan.meta["round_to_auto"] = measured
     return plan
+
+
+def _cheapest_first(scores: dict[int, np.ndarray]):
+    """Blend order for uniform plans that cannot land on a target: the groups whose extra channels
+    (removed by the heavier plan only) matter least by the criterion go first."""
+
+    def order(light: PruningPlan, heavy: PruningPlan) -> list[int]:
+        def cost(gid: int) -> float:
+            extra = sorted(set(heavy.remove.get(gid, [])) - set(light.remove.get(gid, [])))
+            return float(np.mean(scores[gid][extra])) if extra and gid in scores else float("inf")
+
+        return sorted(heavy.remove, key=cost)
+
+    return order

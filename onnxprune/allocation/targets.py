@@ -4,6 +4,7 @@ does (residual groups, concatenations, Flatten->Gemm blocks) the achieved figure
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..errors import OnnxPruneError
 from ..plan import PruningPlan
 
 METRICS = ("macs", "params")
+log = logging.getLogger(__name__)
 
 
 def counts_of(graph, analysis, plan) -> Counts:
@@ -62,31 +64,75 @@ def counts_of(graph, analysis, plan) -> Counts:
 
 
 def plan_for_target(graph, analysis, make_plan: Callable[[float], PruningPlan], keep_fraction: float,
-                    metric: str = "macs", tolerance: float = 0.01, steps: int = 30, hi: float = 0.99):
+                    metric: str = "macs", tolerance: float = 0.01, steps: int = 30, hi: float = 0.99,
+                    blend_order: Callable[[PruningPlan, PruningPlan], list[int]] | None = None):
     """The plan whose ``metric`` is closest to ``keep_fraction`` of the original (stops within ``tolerance``
-    relative); returns (plan, achieved fraction, knob). Refuses when the closest is over 5% off."""
+    relative); returns (plan, achieved fraction, knob). Where the knob's steps jump over the target
+    (uniform ratios with ``--round-to 8`` move every group at once), ``blend_order`` lets the two plans
+    around it be blended group by group (see ``blend``). Refuses when the closest is over 5% off."""
     if metric not in METRICS:
         raise OnnxPruneError(f"unknown target metric '{metric}'")
     if not 0.0 < keep_fraction <= 1.0:
         raise OnnxPruneError(f"--target-{metric} must be in (0, 1], got {keep_fraction}")
     total = getattr(count(graph.model, graph.shapes), metric)
+
+    def fraction(plan: PruningPlan) -> float:
+        return getattr(counts_of(graph, analysis, plan), metric) / max(total, 1)
+
     lo = 0.0
-    best = None
+    best = above = below = None
     for _ in range(steps):
         mid = (lo + hi) / 2
         plan = make_plan(mid)
-        frac = getattr(counts_of(graph, analysis, plan), metric) / max(total, 1)
+        frac = fraction(plan)
         if best is None or abs(frac - keep_fraction) < abs(best[1] - keep_fraction):
             best = (plan, frac, mid)
         if abs(frac - keep_fraction) <= tolerance * keep_fraction:
             break
         if frac > keep_fraction:
             lo = mid
+            above = (plan, frac, mid) if above is None or frac < above[1] else above
         else:
             hi = mid
+            below = (plan, frac, mid) if below is None or frac > below[1] else below
     plan, frac, knob = best
+    if abs(frac - keep_fraction) > tolerance * keep_fraction and above and below and blend_order:
+        blended, bfrac = blend(above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction)
+        if abs(bfrac - keep_fraction) < abs(frac - keep_fraction):
+            plan, frac, knob = blended, bfrac, below[2]
+            plan.meta["blended"] = {"ratios": [above[2], below[2]],
+                                    "groups_at_higher_ratio": len(plan.meta.pop("_moved"))}
     if abs(frac - keep_fraction) > 0.05:
-        raise OnnxPruneError(f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups "
-                             f"(closest: {frac:.3f})")
+        # a target is a request: the closest plan at or below it, with what it achieved, beats a refusal
+        if frac > keep_fraction and below is not None:
+            plan, frac, knob = below
+        if frac > keep_fraction:
+            raise OnnxPruneError(f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups "
+                                 f"(closest: {frac:.3f})")
+        log.warning("no allocation lands within 5%% of %.3f of the %s; taking the closest at or below it: %.3f",
+                    keep_fraction, metric, frac)
     plan.meta.update({f"target_{metric}": keep_fraction, f"achieved_{metric}": frac})
     return plan, frac, knob
+
+
+def blend(light: PruningPlan, heavy: PruningPlan, order: list[int], fraction: Callable[[PruningPlan], float],
+          keep_fraction: float) -> tuple[PruningPlan, float]:
+    """Groups take ``heavy``'s removals instead of ``light``'s, in ``order``, as long as the metric stays
+    above ``keep_fraction`` (a group whose step would overshoot is passed over, a later, smaller one may
+    fit); then the one further group that lands closest at or below the target. Removing channels never
+    adds MACs or parameters, so every step only goes down. Returns the plan and its fraction."""
+    moved = [g for g in order if light.remove.get(g, []) != heavy.remove.get(g, [])]
+
+    def mix(take: set[int]) -> PruningPlan:
+        remove = {g: list(heavy.remove[g]) for g in take if g in heavy.remove}
+        remove.update({g: list(v) for g, v in light.remove.items() if g not in take})
+        return PruningPlan({g: v for g, v in remove.items() if v}, {**light.meta, "_moved": sorted(take)})
+
+    taken: set[int] = set()
+    for g in moved:
+        if fraction(mix(taken | {g})) > keep_fraction:
+            taken.add(g)
+    finals = [(fraction(p), p) for p in (mix(taken | {g}) for g in moved if g not in taken)]
+    below = [fp for fp in finals if fp[0] <= keep_fraction]
+    frac, plan = max(below, key=lambda fp: fp[0]) if below else (fraction(mix(taken)), mix(taken))
+    return plan, frac
