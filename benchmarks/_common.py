@@ -1,4 +1,5 @@
 """Shared by the benchmark scripts: README table sections and the machine line every table carries."""
+
 from __future__ import annotations
 
 import os
@@ -38,5 +39,7 @@ def machine() -> str:
         pass
     import onnxruntime
 
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}, Python {platform.python_version()}, " \
-           f"onnxruntime {onnxruntime.__version__}"
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}, Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )

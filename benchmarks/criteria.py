@@ -7,6 +7,7 @@ Calibration: 512 seeded training images (calib/fashion_mnist.py builds them from
 target is met by bisection on the uniform per-group ratio (the same plan size for every criterion).
 Time = scoring + allocation + rewrite (+ ThiNet's least squares), evaluation excluded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-import onnxprune  # noqa: E402
 from _common import fmnist_files, replace_section  # noqa: E402
+
+import onnxprune  # noqa: E402
 from onnxprune.criteria import CRITERIA  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 
@@ -51,9 +53,14 @@ def main() -> None:
             for red in REDUCTIONS:
                 t = time.perf_counter()
                 try:
-                    pruned, rep = onnxprune.prune(report.graph, criterion=crit, target_macs=1 - red,
-                                                  data=onnxprune.DataSpec(calib, batch_size=64), samples=args.samples,
-                                                  reconstruct=False)  # the criterion alone; see recovery.py
+                    pruned, rep = onnxprune.prune(
+                        report.graph,
+                        criterion=crit,
+                        target_macs=1 - red,
+                        data=onnxprune.DataSpec(calib, batch_size=64),
+                        samples=args.samples,
+                        reconstruct=False,
+                    )  # the criterion alone; see recovery.py
                 except OnnxPruneError as e:
                     row[f"top1@{red:.2f}"] = None
                     row["note"] = str(e)
@@ -69,14 +76,21 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
     if args.readme:
         order = {c: k for k, c in enumerate(CRITERIA)}
-        rows.sort(key=lambda r: (args.models.split(",").index(r["model"]) if r["model"] in args.models else 99,
-                                 order.get(r["criterion"], 99)))
+        rows.sort(
+            key=lambda r: (
+                args.models.split(",").index(r["model"]) if r["model"] in args.models else 99,
+                order.get(r["criterion"], 99),
+            )
+        )
         update_readme(rows, args.readme)
 
 
 def table(rows) -> str:
-    head = "| model (original top-1) | criterion | " + " | ".join(f"−{int(r * 100)}% MACs" for r in REDUCTIONS) + \
-           " | time per prune |"
+    head = (
+        "| model (original top-1) | criterion | "
+        + " | ".join(f"−{int(r * 100)}% MACs" for r in REDUCTIONS)
+        + " | time per prune |"
+    )
     lines = [head, "|---|---|" + "---|" * len(REDUCTIONS) + "---|"]
     for r in rows:
         cells = []
@@ -85,7 +99,9 @@ def table(rows) -> str:
             cells.append("n/a" if v is None else f"{v:.2f}")
         times = [r[f"time@{red:.2f}"] for red in REDUCTIONS if f"time@{red:.2f}" in r]
         t = f"{sum(times) / len(times):.1f} s" if times else "–"
-        lines.append(f"| {r['model']} ({r['original_top1']:.2f}) | {r['criterion']} | " + " | ".join(cells) + f" | {t} |")
+        lines.append(
+            f"| {r['model']} ({r['original_top1']:.2f}) | {r['criterion']} | " + " | ".join(cells) + f" | {t} |"
+        )
     notes = sorted({r["note"] for r in rows if "note" in r})
     return "\n".join(lines + [""] + [f"n/a: {n}" for n in notes])
 

@@ -8,6 +8,7 @@ Every torchvision model (random weights, legacy exporter, 224x224, dynamic batch
 interleaved in one process (onnxprune bench) at batch 1 and batch 8 with 2 intra-op threads. Speedups
 are ratios of medians measured side by side, with a paired bootstrap 95% interval.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+from _common import machine, replace_section  # noqa: E402
+
 import onnxprune  # noqa: E402
 from onnxprune import zoo  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
 from onnxprune.bench import trt as trt_backend  # noqa: E402
 from onnxprune.save import save_model  # noqa: E402
-from _common import machine, replace_section  # noqa: E402
 
 MODELS = "resnet50,mobilenet_v2,vgg16_bn,efficientnet_b0,densenet121"
 REDUCTIONS = (0.3, 0.5)
@@ -46,8 +48,16 @@ def variants(name: str, workdir: str) -> tuple[str, list[dict]]:
                 print(f"{name} -{int(red * 100)}% round-to {r}: {e}", flush=True)
                 continue
             save_model(model, path)
-            out.append({"reduction": red, "round_to": r, "path": path, "prune_s": round(time.perf_counter() - t, 2),
-                        "macs_ratio": rep.before.macs / rep.after.macs, "exact": rep.verification["passed"]})
+            out.append(
+                {
+                    "reduction": red,
+                    "round_to": r,
+                    "path": path,
+                    "prune_s": round(time.perf_counter() - t, 2),
+                    "macs_ratio": rep.before.macs / rep.after.macs,
+                    "exact": rep.verification["passed"],
+                }
+            )
     return src, out
 
 
@@ -70,28 +80,58 @@ def main() -> None:
         rows = [r for r in json.load(open(args.out))["rows"] if r["model"] not in args.models.split(",")]
     for name in args.models.split(","):
         src, vs = variants(name, args.workdir)
-        missing = [(red, r) for red in REDUCTIONS for r in ROUND_TO
-                   if not any(v["reduction"] == red and v["round_to"] == r for v in vs)]
+        missing = [
+            (red, r)
+            for red in REDUCTIONS
+            for r in ROUND_TO
+            if not any(v["reduction"] == red and v["round_to"] == r for v in vs)
+        ]
         for red, r in missing:
             rows.append({"model": name, "reduction": red, "round_to": r, "unreachable": True})
         for b in (int(x) for x in args.batches.split(",")):
             backends = [("ort-cpu", False)] + ([("trt", True)] if trt_reason is None else [])
             for backend, fp16 in backends:
-                rep = benchmark([src] + [v["path"] for v in vs], backend, batch=b, threads=args.threads,
-                                warmup=args.warmup, iters=args.iters, fp16=fp16, progress=True)
+                rep = benchmark(
+                    [src] + [v["path"] for v in vs],
+                    backend,
+                    batch=b,
+                    threads=args.threads,
+                    warmup=args.warmup,
+                    iters=args.iters,
+                    fp16=fp16,
+                    progress=True,
+                )
                 for v, m in zip(vs, rep.models[1:]):
                     key = f"{backend}{'-fp16' if fp16 else ''}@b{b}"
-                    v[key] = {"speedup": round(m.speedup, 3), "ci": [round(x, 3) for x in m.speedup_ci],
-                              "median_ms": round(m.stats["median_ms"], 3),
-                              "original_median_ms": round(rep.models[0].stats["median_ms"], 3)}
-                print(f"{name} {backend} batch {b}: original {rep.models[0].stats['median_ms']:.1f} ms; " +
-                      ", ".join(f"-{int(v['reduction'] * 100)}%/r{v['round_to']}: {m.speedup:.2f}x "
-                                f"(MACs {v['macs_ratio']:.2f}x)" for v, m in zip(vs, rep.models[1:])), flush=True)
+                    v[key] = {
+                        "speedup": round(m.speedup, 3),
+                        "ci": [round(x, 3) for x in m.speedup_ci],
+                        "median_ms": round(m.stats["median_ms"], 3),
+                        "original_median_ms": round(rep.models[0].stats["median_ms"], 3),
+                    }
+                print(
+                    f"{name} {backend} batch {b}: original {rep.models[0].stats['median_ms']:.1f} ms; "
+                    + ", ".join(
+                        f"-{int(v['reduction'] * 100)}%/r{v['round_to']}: {m.speedup:.2f}x "
+                        f"(MACs {v['macs_ratio']:.2f}x)"
+                        for v, m in zip(vs, rep.models[1:])
+                    ),
+                    flush=True,
+                )
         for v in vs:
             rows.append({"model": name, **{k: x for k, x in v.items() if k != "path"}})
         with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "threads": args.threads, "iters": args.iters,
-                       "tensorrt": trt_reason or "available", "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "machine": machine(),
+                    "threads": args.threads,
+                    "iters": args.iters,
+                    "tensorrt": trt_reason or "available",
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     if args.readme:
         replace_section(args.readme, "latency", table(json.load(open(args.out))))
 
@@ -99,21 +139,32 @@ def main() -> None:
 def table(data: dict) -> str:
     rows = data["rows"]
     keys = sorted({k for r in rows for k in r if "@b" in k}, key=lambda k: (not k.startswith("ort"), k))
-    head = "| model | MACs cut | round-to | MACs ratio | " + " | ".join(f"{k} speedup (95% CI)" for k in keys) + \
-           " | speedup / MACs ratio (b1) |"
+    head = (
+        "| model | MACs cut | round-to | MACs ratio | "
+        + " | ".join(f"{k} speedup (95% CI)" for k in keys)
+        + " | speedup / MACs ratio (b1) |"
+    )
     lines = [head, "|---|---:|---:|---:|" + "---:|" * len(keys) + "---:|"]
     for r in rows:
         if r.get("unreachable"):
-            lines.append(f"| {r['model']} | {int(r['reduction'] * 100)}% | {r['round_to']} | target not reachable "
-                         f"with uniform allocation at this rounding |" + " |" * (len(keys) + 1))
+            lines.append(
+                f"| {r['model']} | {int(r['reduction'] * 100)}% | {r['round_to']} | target not reachable "
+                f"with uniform allocation at this rounding |" + " |" * (len(keys) + 1)
+            )
             continue
         cells = [f"{r[k]['speedup']:.2f} ({r[k]['ci'][0]:.2f}-{r[k]['ci'][1]:.2f})" if k in r else "–" for k in keys]
         b1 = next((r[k]["speedup"] for k in keys if k.startswith("ort-cpu@b1") and k in r), None)
         eff = f"{b1 / r['macs_ratio']:.2f}" if b1 else "–"
-        lines.append(f"| {r['model']} | {int(r['reduction'] * 100)}% | {r['round_to']} | {r['macs_ratio']:.2f} | "
-                     + " | ".join(cells) + f" | {eff} |")
-    lines += ["", f"Machine: {data['machine']}; {data['threads']} intra-op threads, {data['iters']} interleaved "
-                  f"rounds after warm-up. TensorRT: {data['tensorrt']}."]
+        lines.append(
+            f"| {r['model']} | {int(r['reduction'] * 100)}% | {r['round_to']} | {r['macs_ratio']:.2f} | "
+            + " | ".join(cells)
+            + f" | {eff} |"
+        )
+    lines += [
+        "",
+        f"Machine: {data['machine']}; {data['threads']} intra-op threads, {data['iters']} interleaved "
+        f"rounds after warm-up. TensorRT: {data['tensorrt']}.",
+    ]
     return "\n".join(lines)
 
 

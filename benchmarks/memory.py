@@ -8,6 +8,7 @@ fresh process and reads its peak resident memory from the kernel (``wait4``'s ``
 prune run includes the exactness check in onnxruntime, which holds the original, the masked original
 and the pruned model; the figure is what a deploy machine needs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,23 @@ def wide_model(path: str, width: int, layers: int) -> int:
         if i < layers - 1:
             nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
             x = f"r{i}"
-    g = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width, 2, 2])],
-                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width, 2, 2])], inits)
+    g = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width, 2, 2])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, width, 2, 2])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    onnx.save_model(m, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=os.path.basename(path) + ".data", size_threshold=1024)
+    onnx.save_model(
+        m,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=os.path.basename(path) + ".data",
+        size_threshold=1024,
+    )
     return layers * width * width * 4
 
 
@@ -82,9 +94,16 @@ def main() -> None:
             row["analyze"] = {"exit": rc, "peak_rss_gib": round(rss, 2), "seconds": round(sec, 1)}
             out = os.path.join(tmp, "pruned.onnx")
             rc, rss, sec = peak_rss([*cli, "-q", "prune", src, "-o", out, "--ratio", "0.5"])
-            row["prune"] = {"exit": rc, "peak_rss_gib": round(rss, 2), "seconds": round(sec, 1),
-                            "output_gib": round(sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
-                                                    if f.startswith("pruned")) / 2**30, 3)}
+            row["prune"] = {
+                "exit": rc,
+                "peak_rss_gib": round(rss, 2),
+                "seconds": round(sec, 1),
+                "output_gib": round(
+                    sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if f.startswith("pruned"))
+                    / 2**30,
+                    3,
+                ),
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
         finally:
@@ -97,14 +116,18 @@ def main() -> None:
 
 
 def table(data: dict) -> str:
-    lines = ["| model (weights) | analyze: peak RSS, time | prune --ratio 0.5: peak RSS, time | output |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "| model (weights) | analyze: peak RSS, time | prune --ratio 0.5: peak RSS, time | output |",
+        "|---|---:|---:|---:|",
+    ]
     for r in data["rows"]:
         a, p = r["analyze"], r["prune"]
-        lines.append(f"| {r['layers']}× Conv 1×1 {r['width']}→{r['width']} ({r['model_gib']:.2f} GiB) | "
-                     f"{a['peak_rss_gib']:.2f} GiB ({a['peak_rss_gib'] / r['model_gib']:.1f}×), {a['seconds']:.0f} s | "
-                     f"{p['peak_rss_gib']:.2f} GiB ({p['peak_rss_gib'] / r['model_gib']:.1f}×), {p['seconds']:.0f} s | "
-                     f"{p['output_gib']:.2f} GiB |")
+        lines.append(
+            f"| {r['layers']}× Conv 1×1 {r['width']}→{r['width']} ({r['model_gib']:.2f} GiB) | "
+            f"{a['peak_rss_gib']:.2f} GiB ({a['peak_rss_gib'] / r['model_gib']:.1f}×), {a['seconds']:.0f} s | "
+            f"{p['peak_rss_gib']:.2f} GiB ({p['peak_rss_gib'] / r['model_gib']:.1f}×), {p['seconds']:.0f} s | "
+            f"{p['output_gib']:.2f} GiB |"
+        )
     lines += ["", f"Machine: {data['machine']}."]
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ T=4, KL only, no labels). Recovery uses the 512 calibration images (training ima
 Times are the recovery step alone (the prune call's total minus the same plan without recovery is not
 taken: each step's own timer from the report), distillation's is the epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "calib"))
-import onnxprune  # noqa: E402
 from _common import fmnist_files, machine, replace_section  # noqa: E402
+
+import onnxprune  # noqa: E402
 
 SHARED = os.path.join(HERE, "..", "..", "shared")
 VARIANTS = {
@@ -59,8 +61,11 @@ def rows_for(name: str, path: str, target: float, criterion: str, calib, test, d
         rec_time = sum(v for k, v in rep.timings.items() if k == "recovery")
         row[label] = {"top1": round(acc, 2), "time_s": round(rec_time, 2)}
         row.setdefault("macs", round(rep.after.macs / rep.before.macs, 3))
-        print(f"{name} -{100 * (1 - target):.0f}% {label}: {acc:.2f} ({rec_time:.1f} s recovery, "
-              f"{time.perf_counter() - t:.1f} s total)", flush=True)
+        print(
+            f"{name} -{100 * (1 - target):.0f}% {label}: {acc:.2f} ({rec_time:.1f} s recovery, "
+            f"{time.perf_counter() - t:.1f} s total)",
+            flush=True,
+        )
         if label == "reconstruct":
             base = pruned
     t = time.perf_counter()
@@ -106,14 +111,23 @@ def main() -> None:
 
 def table(data: dict) -> str:
     cols = ["pruned", "bias-comp", "recalibrate", "reconstruct", "reconstruct+recalibrate", "reconstruct+distill"]
-    lines = ["| model (original top-1) | MACs cut (kept) | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    lines = [
+        "| model (original top-1) | MACs cut (kept) | " + " | ".join(cols) + " |",
+        "|---|---|" + "---:|" * len(cols),
+    ]
     for r in data["rows"]:
         cells = [f"{r[c]['top1']:.2f} ({r[c]['time_s']:.1f} s)" if c in r else "–" for c in cols]
-        lines.append(f"| {r['model']} ({r['original_top1']:.2f}) | {100 * r['macs_cut']:.0f}% ({r['macs']:.3f}) | "
-                     + " | ".join(cells) + " |")
-    lines += ["", f"Criterion {data['criterion']}, uniform plan by --target-macs; top-1 on the 10,000 test images; "
-                  f"times: the recovery step (distillation: one epoch on 5,000 training images, Adam lr "
-                  f"{data['lr']:g}). Machine: {data['machine']}."]
+        lines.append(
+            f"| {r['model']} ({r['original_top1']:.2f}) | {100 * r['macs_cut']:.0f}% ({r['macs']:.3f}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        f"Criterion {data['criterion']}, uniform plan by --target-macs; top-1 on the 10,000 test images; "
+        f"times: the recovery step (distillation: one epoch on 5,000 training images, Adam lr "
+        f"{data['lr']:g}). Machine: {data['machine']}.",
+    ]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ Each case runs `onnxprune prune` in a fresh process in an empty folder; the tabl
 answered (stderr, one line), the exit code, and whether the output folder stayed empty.
 tests/test_cli.py asserts the same contract for every case, so the table cannot drift from the tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,14 @@ def rows() -> list[dict]:
             path, args, out_dir = command(case, tmp_path)
             p = subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True, cwd=tmp)
             answer = " / ".join(ln for ln in p.stderr.strip().splitlines() if ln)
-            out.append({"case": case, "exit": p.returncode, "answer": answer.replace(tmp, "…"),
-                        "output_left": sorted(os.listdir(out_dir))})
+            out.append(
+                {
+                    "case": case,
+                    "exit": p.returncode,
+                    "answer": answer.replace(tmp, "…"),
+                    "output_left": sorted(os.listdir(out_dir)),
+                }
+            )
             print(f"{case}: {p.returncode} {out[-1]['answer']}", flush=True)
     return out
 
@@ -40,7 +47,10 @@ def table(data: list[dict]) -> str:
     lines = ["| input | what onnxprune answered (stderr) | exit | output folder |", "|---|---|---:|---|"]
     for r in data:
         answer = r["answer"].replace("|", "\\|")
-        lines.append(f"| {r['case']} | `{answer}` | {r['exit']} | {'empty' if not r['output_left'] else ', '.join(r['output_left'])} |")
+        lines.append(
+            f"| {r['case']} | `{answer}` | {r['exit']} | "
+            f"{'empty' if not r['output_left'] else ', '.join(r['output_left'])} |"
+        )
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ exactness verification on the ONNX file), MACs and parameters of the ONNX files 
 and latency speedup on onnxruntime CPU (2 threads, batch 1) with the three models interleaved.
 Torch-Pruning runs with its default options: attention heads (``num_heads``) are not configured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,17 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+from _common import machine, replace_section  # noqa: E402
+
 import onnxprune  # noqa: E402
 from onnxprune import zoo  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
 from onnxprune.save import save_model  # noqa: E402
-from _common import machine, replace_section  # noqa: E402
 
-MODELS = ("resnet50,mobilenet_v2,vgg16_bn,efficientnet_b0,densenet121,regnet_y_400mf,shufflenet_v2_x1_0,"
-          "googlenet,convnext_tiny,vit_b_16,swin_t")
+MODELS = (
+    "resnet50,mobilenet_v2,vgg16_bn,efficientnet_b0,densenet121,regnet_y_400mf,shufflenet_v2_x1_0,"
+    "googlenet,convnext_tiny,vit_b_16,swin_t"
+)
 RATIO = 0.3
 
 
@@ -50,9 +54,9 @@ def torch_pruning_prune(name: str, out: str, size: int) -> dict:
     x = torch.randn(1, 3, size, size)
     ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
     t = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(model, x,
-                                  importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=RATIO,
-                                  ignored_layers=ignored)
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=RATIO, ignored_layers=ignored
+    )
     pruner.step()
     elapsed = time.perf_counter() - t
     with torch.no_grad():
@@ -65,9 +69,16 @@ def torch_pruning_prune(name: str, out: str, size: int) -> dict:
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 3, size, size),), out, dynamo=False, input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17)
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, size, size),),
+            out,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+        )
     return {"prune_s": round(elapsed, 2)}
 
 
@@ -87,8 +98,10 @@ def run_one(name: str, workdir: str, iters: int) -> dict:
     row = {"model": name}
     base = onnxprune.analyze(src).counts
     paths = {"original": src}
-    for tool, fn in (("onnxprune", lambda o: onnxprune_prune(src, o)),
-                     ("torch_pruning", lambda o: torch_pruning_prune(name, o, size))):
+    for tool, fn in (
+        ("onnxprune", lambda o: onnxprune_prune(src, o)),
+        ("torch_pruning", lambda o: torch_pruning_prune(name, o, size)),
+    ):
         out = os.path.join(workdir, f"{name}_{tool}.onnx")
         try:
             row[tool] = fn(out)
@@ -96,8 +109,10 @@ def run_one(name: str, workdir: str, iters: int) -> dict:
             row[tool].update(macs_ratio=round(c.macs / base.macs, 3), params_ratio=round(c.params / base.params, 3))
             paths[tool] = out
         except Exception as e:  # a tool failing on a model is a result of this benchmark
-            row[tool] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
-                         "trace": traceback.format_exc()[-800:]}
+            row[tool] = {
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
+                "trace": traceback.format_exc()[-800:],
+            }
     if len(paths) > 1:
         rep = benchmark(list(paths.values()), "ort-cpu", threads=2, warmup=3, iters=iters, progress=True)
         for tool, m in zip(list(paths)[1:], rep.models[1:]):
@@ -122,8 +137,15 @@ def main() -> None:
     for name in args.models.split(","):
         row = run_one(name, args.workdir, args.iters)
         rows.append(row)
-        print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "trace"} if isinstance(v, dict) else v)
-                          for k, v in row.items()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: ({kk: vv for kk, vv in v.items() if kk != "trace"} if isinstance(v, dict) else v)
+                    for k, v in row.items()
+                }
+            ),
+            flush=True,
+        )
         with open(args.out, "w") as f:
             json.dump({"machine": machine(), "torch_pruning": torch_pruning.__version__, "rows": rows}, f, indent=1)
     if args.readme:
@@ -137,14 +159,19 @@ def table(data: dict) -> str:
         sp = f"{r['speedup']:.2f} ({r['ci'][0]:.2f}-{r['ci'][1]:.2f})" if "speedup" in r else "–"
         return f"{r['prune_s']:.2f} s", f"{r['macs_ratio']:.3f}", sp
 
-    lines = ["| model | onnxprune time | MACs kept | ORT speedup | Torch-Pruning time | MACs kept | ORT speedup |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | onnxprune time | MACs kept | ORT speedup | Torch-Pruning time | MACs kept | ORT speedup |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in data["rows"]:
         a, b = cell(r["onnxprune"]), cell(r["torch_pruning"])
         lines.append(f"| {r['model']} | " + " | ".join(a + b) + " |")
     ok = {t: sum("error" not in r[t] for r in data["rows"]) for t in ("onnxprune", "torch_pruning")}
-    lines += ["", f"Handled: onnxprune {ok['onnxprune']}/{len(data['rows'])}, Torch-Pruning {data['torch_pruning']} "
-                  f"{ok['torch_pruning']}/{len(data['rows'])}. Machine: {data['machine']}; 2 threads, batch 1."]
+    lines += [
+        "",
+        f"Handled: onnxprune {ok['onnxprune']}/{len(data['rows'])}, Torch-Pruning {data['torch_pruning']} "
+        f"{ok['torch_pruning']}/{len(data['rows'])}. Machine: {data['machine']}; 2 threads, batch 1.",
+    ]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@
 
 Coverage excludes the channels of groups frozen only because they reach the graph output (the classifier).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,10 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import onnxprune  # noqa: E402
-from _common import replace_section  # noqa: E402
-from onnxprune import zoo  # noqa: E402
+from _common import replace_section
+
+import onnxprune
+from onnxprune import zoo
 
 SKIP_HUGE = {"vit_h_14", "regnet_y_128gf"}  # >2 GB protobuf exports: see benchmarks/memory.py
 
@@ -114,13 +116,17 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | legacy exporter | dynamo exporter | below the 95% bar because |", "|---|---|---|---|"]
     for name in sorted(by):
         ex = by[name]
-        why = "; ".join(sorted({f for r in ex.values() if r.get("coverage", 1) < 0.95 for f in r.get("frozen", [])[:1]}))
+        why = "; ".join(
+            sorted({f for r in ex.values() if r.get("coverage", 1) < 0.95 for f in r.get("frozen", [])[:1]})
+        )
         lines.append(f"| {name} | {cell(ex.get('legacy'))} | {cell(ex.get('dynamo'))} | {why} |")
     ok = [r for r in rows if r.get("exact") and r.get("coverage", 0) >= 0.95]
     exact = [r for r in rows if r.get("exact")]
     lines.append("")
-    lines.append(f"{len(ok)} of {len(rows)} exports reach 95% coverage and verify exact; "
-                 f"{len(exact)} of {len(rows)} verify exact at `--ratio 0.3`.")
+    lines.append(
+        f"{len(ok)} of {len(rows)} exports reach 95% coverage and verify exact; "
+        f"{len(exact)} of {len(rows)} verify exact at `--ratio 0.3`."
+    )
     return "\n".join(lines)
 
 

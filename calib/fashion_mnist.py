@@ -8,6 +8,7 @@ trained: (x/255 - 0.2860) / 0.3530) and ``labels``. The test suite's samples (``
 same way: ``samples/fmnist_256.npz``, the first 256 test images (evaluation), and
 ``samples/fmnist_train_256.npz``, 256 seeded training images (calibration).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def read_idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -48,8 +49,9 @@ def main() -> None:
     idx = np.random.default_rng(0).choice(len(x), args.calib, replace=False)
     if args.sample:
         np.savez_compressed(os.path.join(HERE, "samples", "fmnist_256.npz"), input=xt[:256], labels=yt[:256])
-        np.savez_compressed(os.path.join(HERE, "samples", "fmnist_train_256.npz"), input=x[idx[:256]],
-                            labels=y[idx[:256]])
+        np.savez_compressed(
+            os.path.join(HERE, "samples", "fmnist_train_256.npz"), input=x[idx[:256]], labels=y[idx[:256]]
+        )
         print("wrote samples/fmnist_256.npz and samples/fmnist_train_256.npz")
         return
     os.makedirs(args.out, exist_ok=True)

@@ -1,4 +1,5 @@
 """onnxprune: post-training structured channel pruning of ONNX graphs, with exact rewrites."""
+
 from .allocation.allocate import Allocation
 from .api import analyze, evaluate, finetune, load, prune, recover, score_groups, sensitivity
 from .bench import BenchReport, benchmark
@@ -10,7 +11,25 @@ from .recovery import RecoveryOptions
 from .report import AnalysisReport, PruneReport
 
 __version__ = "0.1.0"
-__all__ = ["analyze", "evaluate", "DataSpec", "load", "prune", "score_groups", "sensitivity", "recover", "finetune",
-           "RecoveryOptions", "Allocation",
-           "benchmark", "BenchReport", "OnnxPruneError", "VerificationError", "Analysis",
-           "ChannelGroup", "PruningPlan", "AnalysisReport", "PruneReport"]
+__all__ = [
+    "analyze",
+    "evaluate",
+    "DataSpec",
+    "load",
+    "prune",
+    "score_groups",
+    "sensitivity",
+    "recover",
+    "finetune",
+    "RecoveryOptions",
+    "Allocation",
+    "benchmark",
+    "BenchReport",
+    "OnnxPruneError",
+    "VerificationError",
+    "Analysis",
+    "ChannelGroup",
+    "PruningPlan",
+    "AnalysisReport",
+    "PruneReport",
+]

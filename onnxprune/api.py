@@ -1,4 +1,5 @@
 """The Python API; the CLI is a thin layer over these functions."""
+
 from __future__ import annotations
 
 import os
@@ -10,14 +11,18 @@ import onnx
 from .allocation.allocate import Allocation, allocate
 from .count import count
 from .criteria import get_criterion, group_scores
+from .criteria.thinet import rescale as thinet_rescale
 from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
+from .evaluation import evaluate as _evaluate
 from .groups import analyse
 from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_model
 from .plan import PruningPlan
 from .recovery import Recovery, RecoveryOptions, run_recovery
+from .recovery.finetune import finetune as _finetune
 from .report import AnalysisReport, PruneReport
 from .rewrite import apply_plan, check_rewrite
+from .sensitivity_measure import run_sensitivity
 from .verify import verify
 
 
@@ -48,7 +53,6 @@ def _group_macs(analysis, counts) -> None:
 
 def evaluate(model, data, reference=None, input_shapes=None, progress: bool = False) -> dict:
     """Top-1/top-5 on labelled data; agreement, |diff| and KL against ``reference`` when given."""
-    from .evaluation import evaluate as _evaluate
 
     graph = model if isinstance(model, Graph) else load(model, input_shapes)
     ref = None
@@ -73,20 +77,41 @@ def as_data(data) -> DataSpec | None:
     return DataSpec(source=data)
 
 
-def score_groups(graph: Graph, analysis, criterion: str = "l1", combine: str = "sum", seed: int = 0,
-                 data=None, **opts) -> dict[int, np.ndarray]:
+def score_groups(
+    graph: Graph, analysis, criterion: str = "l1", combine: str = "sum", seed: int = 0, data=None, **opts
+) -> dict[int, np.ndarray]:
     crit = get_criterion(criterion)
     atom_scores = crit.fn(graph, analysis, seed=seed, data=as_data(data), **opts)
     return {g.id: group_scores(atom_scores, g.atoms, combine) for g in analysis.groups if g.prunable}
 
 
-def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1, min_channels: int = 1,
-          exclude=(), input_shapes=None, plan: PruningPlan | None = None, verify_rewrite: bool = True,
-          combine: str = "sum", seed: int = 0, data=None, nu: float = 0.9, samples: int = 2000,
-          rescale: bool = True, target_macs: float | None = None, allocation: Allocation | None = None,
-          steps: int = 1, progress: bool = False, reconstruct: bool | None = None, bias_compensation: bool = False,
-          recalibrate: bool = False, recovery: RecoveryOptions | None = None,
-          **allocation_options) -> tuple[onnx.ModelProto, PruneReport]:
+def prune(
+    model,
+    criterion: str = "l1",
+    ratio: float = 0.3,
+    *,
+    round_to: int = 1,
+    min_channels: int = 1,
+    exclude=(),
+    input_shapes=None,
+    plan: PruningPlan | None = None,
+    verify_rewrite: bool = True,
+    combine: str = "sum",
+    seed: int = 0,
+    data=None,
+    nu: float = 0.9,
+    samples: int = 2000,
+    rescale: bool = True,
+    target_macs: float | None = None,
+    allocation: Allocation | None = None,
+    steps: int = 1,
+    progress: bool = False,
+    reconstruct: bool | None = None,
+    bias_compensation: bool = False,
+    recalibrate: bool = False,
+    recovery: RecoveryOptions | None = None,
+    **allocation_options,
+) -> tuple[onnx.ModelProto, PruneReport]:
     """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
     instead of scoring and allocating. ``allocation`` (or its fields as keyword arguments: ``global_rank``,
     ``normalisation``, ``max_ratio``, ``strategy``, ``target_params``, ``target_latency``, ``sensitivity``,
@@ -95,21 +120,34 @@ def prune(model, criterion: str = "l1", ratio: float = 0.3, *, round_to: int = 1
     steps after every step. Recovery (``recovery`` or the shorthands ``reconstruct``, ``bias_compensation``,
     ``recalibrate``) runs after the verified rewrite; reconstruction is on by default when ``data`` is given."""
     t0 = time.perf_counter()
-    alloc = allocation or Allocation(ratio=ratio, round_to=round_to, min_channels=min_channels, target_macs=target_macs,
-                                     nu=nu, **allocation_options)
+    alloc = allocation or Allocation(
+        ratio=ratio, round_to=round_to, min_channels=min_channels, target_macs=target_macs, nu=nu, **allocation_options
+    )
     if plan is None:
         alloc.check(criterion)
     if not isinstance(steps, int) or steps < 1:
         raise OnnxPruneError("--steps must be a positive integer")
     if steps > 1 and (plan is not None or alloc.sensitivity is not None or alloc.target_latency is not None):
-        raise OnnxPruneError("--steps works with --ratio, --target-macs and --target-params, not with a replayed plan, "
-                             "--sensitivity or --target-latency")
+        raise OnnxPruneError(
+            "--steps works with --ratio, --target-macs and --target-params, not with a replayed plan, "
+            "--sensitivity or --target-latency"
+        )
     recovery = recovery or RecoveryOptions(reconstruct, bias_compensation, recalibrate)
     if data is None and (recovery.reconstruct or recovery.bias_compensation or recovery.recalibrate):
         raise OnnxPruneError("--reconstruct, --bias-compensation and --recalibrate need calibration data (--calib)")
     report = analyze(model, input_shapes, exclude)
-    opts = dict(criterion=criterion, combine=combine, seed=seed, data=data, nu=nu, samples=samples, rescale=rescale,
-                verify_rewrite=verify_rewrite, progress=progress, recovery=recovery)
+    opts = dict(
+        criterion=criterion,
+        combine=combine,
+        seed=seed,
+        data=data,
+        nu=nu,
+        samples=samples,
+        rescale=rescale,
+        verify_rewrite=verify_rewrite,
+        progress=progress,
+        recovery=recovery,
+    )
     if steps == 1:
         pruned, rep = _prune_once(report, alloc, plan, **opts)
     else:
@@ -155,15 +193,32 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
     return pruned, rep
 
 
-def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | None, *, criterion, combine, seed,
-                data, nu, samples, rescale, verify_rewrite, progress, recovery):
+def _prune_once(
+    report: AnalysisReport,
+    alloc: Allocation,
+    plan: PruningPlan | None,
+    *,
+    criterion,
+    combine,
+    seed,
+    data,
+    nu,
+    samples,
+    rescale,
+    verify_rewrite,
+    progress,
+    recovery,
+):
     graph, analysis = report.graph, report.analysis
     timings = {}
     if plan is None:
         t = time.perf_counter()
-        scores = score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples) \
-            if alloc.strategy != "greedy" else {}
-        plan = allocate(graph, analysis, scores, alloc, criterion, combine, progress)
+        scores = (
+            score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples)
+            if alloc.strategy != "greedy"
+            else {}
+        )
+        plan = allocate(graph, analysis, scores, alloc, criterion, combine, progress, rewrite=apply_plan)
         plan.meta.update(criterion=criterion, combine=combine)
         timings["score_allocate"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -184,7 +239,6 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
     if rescale and thinet and plan.remove and not recovery.reconstructs(data is not None):
         # after verification on purpose: the structural rewrite is proven exact first, then ThiNet's
         # least squares deliberately changes the kept weights of the layers that lost inputs
-        from .criteria.thinet import rescale as thinet_rescale
 
         t = time.perf_counter()
         rescaled = thinet_rescale(graph, analysis, plan, pruned, as_data(data), samples, seed)
@@ -201,20 +255,49 @@ def _prune_once(report: AnalysisReport, alloc: Allocation, plan: PruningPlan | N
     for g in analysis.groups:
         removed = sorted(plan.remove.get(g.id, []))
         gone = set(removed)
-        groups.append({"id": g.id, "sources": g.sources, "channels": g.channels, "prunable": g.prunable,
-                       "reason": g.reason, "macs": int(g.macs), "removed": removed,
-                       "kept": [c for c in range(g.channels) if c not in gone]})
-    rep = PruneReport(report.counts, after, plan.to_json(analysis), plan.meta.get("criterion", criterion), ver,
-                      {k: round(v, 4) for k, v in timings.items()}, groups, rescaled, recovered)
+        groups.append(
+            {
+                "id": g.id,
+                "sources": g.sources,
+                "channels": g.channels,
+                "prunable": g.prunable,
+                "reason": g.reason,
+                "macs": int(g.macs),
+                "removed": removed,
+                "kept": [c for c in range(g.channels) if c not in gone],
+            }
+        )
+    rep = PruneReport(
+        report.counts,
+        after,
+        plan.to_json(analysis),
+        plan.meta.get("criterion", criterion),
+        ver,
+        {k: round(v, 4) for k, v in timings.items()},
+        groups,
+        rescaled,
+        recovered,
+    )
     return pruned, rep
 
 
-def sensitivity(model, criterion: str = "l1", ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), *, data,
-                calib=None, exclude=(), input_shapes=None, combine: str = "sum", seed: int = 0, jobs: int = 1,
-                progress: bool = False, **criterion_options) -> dict:
+def sensitivity(
+    model,
+    criterion: str = "l1",
+    ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    *,
+    data,
+    calib=None,
+    exclude=(),
+    input_shapes=None,
+    combine: str = "sum",
+    seed: int = 0,
+    jobs: int = 1,
+    progress: bool = False,
+    **criterion_options,
+) -> dict:
     """Prune one group at a time at each ratio (channels chosen by ``criterion`` on ``calib``) and measure
-    top-1 (labels) or agreement and KL with the original on ``data``; see allocation/sensitivity.py."""
-    from .allocation.sensitivity import run_sensitivity
+    top-1 (labels) or agreement and KL with the original on ``data``; see sensitivity_measure.py."""
 
     report = analyze(model, input_shapes, exclude)
     scores = score_groups(report.graph, report.analysis, criterion, combine, seed, data=calib, **criterion_options)
@@ -234,9 +317,21 @@ def _plan_of(plan, analysis) -> PruningPlan:
     return out
 
 
-def recover(original, pruned, plan, data, *, reconstruct: bool = True, bias_compensation: bool = False,
-            recalibrate: bool = False, samples: int = 8192, ridge: float = 1e-3, input_shapes=None, seed: int = 0,
-            progress: bool = False) -> tuple[onnx.ModelProto, dict]:
+def recover(
+    original,
+    pruned,
+    plan,
+    data,
+    *,
+    reconstruct: bool = True,
+    bias_compensation: bool = False,
+    recalibrate: bool = False,
+    samples: int = 8192,
+    ridge: float = 1e-3,
+    input_shapes=None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[onnx.ModelProto, dict]:
     """Recovery steps on a model that ``prune`` made from ``original`` with ``plan`` (a PruningPlan, its JSON,
     or a saved plan file). Returns a new ModelProto; ``pruned`` is not modified. The pruned model is checked
     against the plan first, so a model from another plan is refused rather than silently mis-fitted."""
@@ -257,19 +352,41 @@ def recover(original, pruned, plan, data, *, reconstruct: bool = True, bias_comp
     return model, info
 
 
-def finetune(pruned, teacher, data, *, epochs: int = 1, lr: float = 1e-4, temperature: float = 4.0,
-             label_weight: float = 0.0, device: str = "cpu", eval_data=None, input_shapes=None,
-             progress: bool = True, log=print):
+def finetune(
+    pruned,
+    teacher,
+    data,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-4,
+    temperature: float = 4.0,
+    label_weight: float = 0.0,
+    device: str = "cpu",
+    eval_data=None,
+    input_shapes=None,
+    progress: bool = True,
+    log=print,
+):
     """Distil ``teacher`` (the original) into ``pruned`` through torch; returns a FinetuneResult whose
     ``model`` is a new ModelProto with the same graph and trained weights."""
-    from .recovery.finetune import finetune as _finetune
 
     student = load(pruned, input_shapes)  # normalise copies: the caller's model is left as it is
     teacher_graph = teacher if isinstance(teacher, Graph) else load(teacher, input_shapes)
     if [i.name for i in _graph_inputs(student)] != [i.name for i in _graph_inputs(teacher_graph)]:
         raise OnnxPruneError("--teacher must have the same inputs as the pruned model")
-    return _finetune(student, teacher_graph, as_data(data), epochs=epochs, lr=lr, temperature=temperature,
-                     label_weight=label_weight, device=device, eval_data=as_data(eval_data), progress=progress, log=log)
+    return _finetune(
+        student,
+        teacher_graph,
+        as_data(data),
+        epochs=epochs,
+        lr=lr,
+        temperature=temperature,
+        label_weight=label_weight,
+        device=device,
+        eval_data=as_data(eval_data),
+        progress=progress,
+        log=log,
+    )
 
 
 def _graph_inputs(graph: Graph):
@@ -282,5 +399,15 @@ def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     entry.key, entry.value = "onnxprune", "pruned"
 
 
-__all__ = ["load", "analyze", "prune", "score_groups", "evaluate", "sensitivity", "recover", "finetune", "Allocation",
-           "OnnxPruneError"]
+__all__ = [
+    "load",
+    "analyze",
+    "prune",
+    "score_groups",
+    "evaluate",
+    "sensitivity",
+    "recover",
+    "finetune",
+    "Allocation",
+    "OnnxPruneError",
+]

@@ -1,4 +1,5 @@
 """MACs and parameters per node, from static shapes (batch as given by the input shapes, usually 1)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

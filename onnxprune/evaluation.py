@@ -1,9 +1,11 @@
 """Accuracy and agreement of a model on data, streamed (never all outputs in memory)."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from .data import DataSpec, open_data
+from .progress import bar
 from .runtime import make_session
 
 
@@ -23,8 +25,6 @@ def evaluate(graph, spec: DataSpec, reference_graph=None, progress: bool = False
     elems = 0
     it = open_data(spec, graph)
     if progress:
-        from .progress import bar
-
         it = bar(it, desc="eval", unit="batch")
     for feeds, labels in it:
         out = np.asarray(sess.run(None, feeds)[0], dtype=np.float64).reshape(len(next(iter(feeds.values()))), -1)
@@ -47,6 +47,10 @@ def evaluate(graph, spec: DataSpec, reference_graph=None, progress: bool = False
     if labels is not None or correct1:
         res.update(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n)
     if ref is not None:
-        res.update(top1_agreement=100.0 * agree / n, max_abs_diff=max_abs, mean_abs_diff=abs_sum / max(elems, 1),
-                   kl_divergence=kl_sum / n)
+        res.update(
+            top1_agreement=100.0 * agree / n,
+            max_abs_diff=max_abs,
+            mean_abs_diff=abs_sum / max(elems, 1),
+            kl_divergence=kl_sum / n,
+        )
     return res

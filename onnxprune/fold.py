@@ -7,21 +7,39 @@ the model itself (never the dynamic batch or spatial dims) turns them into const
 edit, as onnx-simplifier does; we do it here because onnxsim needs fixed input shapes and would also
 fold the dims the deploy engineer left dynamic.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .protosize import skeleton
+
 # Any default-domain op whose inputs are all small constants folds, except these.
-NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                "Bernoulli", "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty", "SequenceInsert",
-                "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalGetElement", "Constant"}
+NOT_FOLDABLE = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "SequenceConstruct",
+    "SequenceEmpty",
+    "SequenceInsert",
+    "SplitToSequence",
+    "ConcatFromSequence",
+    "Optional",
+    "OptionalGetElement",
+    "Constant",
+}
 MAX_ELEMENTS = 4096
 
 
 def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    from .load import skeleton
 
     inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
     g = inferred.graph
@@ -134,5 +152,5 @@ def _partial_shape(node, shapes, consts, values):
         steps = _value(node.input[4], consts, values) if len(node.input) > 4 and node.input[4] else np.array([1])
         if starts is None or ends is None or steps is None:
             return None
-        picked = dims[int(starts[0]):int(max(min(ends[0], 2**62), -2**62)):int(steps[0])]
+        picked = dims[int(starts[0]) : int(max(min(ends[0], 2**62), -(2**62))) : int(steps[0])]
     return None if np.any(picked < 0) else picked.astype(np.int64)

@@ -4,6 +4,7 @@ Exporters disagree on how constants appear (initializers, ``Constant`` nodes, ``
 initializer that the legacy exporter uses to share deduplicated weights). Every later stage wants one
 question answered -- "is this input a constant, and what is it?" -- so we normalise once here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
+from .fold import fold_static_shapes
+from .protosize import skeleton, too_large
+from .runtime import make_session, run_model, session_with_outputs
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +192,9 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int,
     real = [i for i in model.graph.input if i.name not in inits]
     unknown = set(overrides) - {i.name for i in real}
     if unknown:
-        raise OnnxPruneError(f"--input-shape names unknown input(s) {sorted(unknown)}; inputs are {[i.name for i in real]}")
+        raise OnnxPruneError(
+            f"--input-shape names unknown input(s) {sorted(unknown)}; inputs are {[i.name for i in real]}"
+        )
     shapes = {}
     for inp in real:
         tt = inp.type.tensor_type
@@ -198,73 +204,26 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int,
                 continue
             raise OnnxPruneError(f"input '{inp.name}' has no shape; pass --input-shape {inp.name}:DxDx...")
         dims = []
-        for k, d in enumerate(tt.shape.dim):
+        for d in tt.shape.dim:
             dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
         if inp.name in overrides:
             o = overrides[inp.name]
             if len(o) != len(dims) or any(d is not None and d != v for d, v in zip(dims, o)):
-                raise OnnxPruneError(f"--input-shape {inp.name}:{'x'.join(map(str, o))} does not fit the model's "
-                                     f"shape {['?' if d is None else d for d in dims]}")
+                raise OnnxPruneError(
+                    f"--input-shape {inp.name}:{'x'.join(map(str, o))} does not fit the model's "
+                    f"shape {['?' if d is None else d for d in dims]}"
+                )
             shapes[inp.name] = o
             continue
         if dims and dims[0] is None:
             dims[0] = 1
         if any(d is None for d in dims):
-            raise OnnxPruneError(f"input '{inp.name}' has dynamic dims {['?' if d is None else d for d in dims]}; "
-                                 f"pass --input-shape {inp.name}:" + "x".join("D" if d is None else str(d) for d in dims))
+            raise OnnxPruneError(
+                f"input '{inp.name}' has dynamic dims {['?' if d is None else d for d in dims]}; "
+                f"pass --input-shape {inp.name}:" + "x".join("D" if d is None else str(d) for d in dims)
+            )
         shapes[inp.name] = tuple(dims)
     return shapes
-
-
-SKELETON_MIN_ELEMENTS = 64
-
-
-PROTO_LIMIT = 2**31 - 2**20  # protobuf cannot serialise a message of 2 GB; a margin for the graph itself
-
-
-def too_large(model: onnx.ModelProto) -> bool:
-    """Whether the model is past protobuf's 2 GB limit. ``ByteSize()`` itself raises there (upb), so
-    the weights' payload is summed instead."""
-    total = 0
-    for t in model.graph.initializer:
-        if t.raw_data:
-            total += len(t.raw_data)
-        elif t.data_type == onnx.TensorProto.STRING:
-            total += sum(len(x) for x in t.string_data)
-        else:
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-            total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
-        if total >= PROTO_LIMIT:
-            return True
-    return False
-
-
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without the payload of large initializers (they become typed graph inputs).
-
-    Shape inference and the checker serialise the whole model; with the weights gone that costs
-    milliseconds instead of a second on ResNet-50, and models over 2 GB fit in a protobuf. Small
-    constants stay, because shape inference reads their values (Reshape targets, Slice bounds).
-    """
-    light = onnx.ModelProto()
-    big = [t for t in model.graph.initializer if int(np.prod(t.dims)) >= SKELETON_MIN_ELEMENTS
-           and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)]
-    if not big:
-        light.CopyFrom(model)
-        return light
-    names = {t.name for t in big}
-    kept = [t for t in model.graph.initializer if t.name not in names]
-    g = model.graph
-    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
-                                   producer_name=model.producer_name, functions=model.functions,
-                                   graph=onnx.GraphProto(name=g.name, node=g.node, input=g.input, output=g.output,
-                                                         value_info=g.value_info, initializer=kept,
-                                                         sparse_initializer=g.sparse_initializer)))
-    existing = {i.name for i in light.graph.input}
-    for t in big:
-        if t.name not in existing:
-            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return light
 
 
 def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -308,15 +267,21 @@ def _check_runs(model: onnx.ModelProto, input_shapes) -> None:
     A runtime without a custom-domain op is not the model's fault (its groups freeze; pruning then stops
     at verification); with integer inputs random values may be out of range, so a failed run only warns.
     """
-    from .runtime import make_session
 
     try:
         sess = make_session(model, optimize=False)
     except Exception as e:
         msg = " ".join(str(e).split())
         custom = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
-        if custom and any(k in msg for k in ("Could not find an implementation", "not a registered function/op",
-                                              "No opset import for domain", "NOT_IMPLEMENTED")):
+        if custom and any(
+            k in msg
+            for k in (
+                "Could not find an implementation",
+                "not a registered function/op",
+                "No opset import for domain",
+                "NOT_IMPLEMENTED",
+            )
+        ):
             return
         raise OnnxPruneError(f"invalid ONNX model: onnxruntime refuses it: {msg[:300]}") from None
     feeds = random_feeds(model, input_shapes, seed=0)
@@ -331,7 +296,6 @@ def _check_runs(model: onnx.ModelProto, input_shapes) -> None:
 
 
 def _shapes_from_runtime(model, input_shapes, names) -> dict[str, tuple[int, ...]]:
-    from .runtime import run_model, session_with_outputs  # onnxruntime is only needed for odd graphs
 
     try:
         sess = session_with_outputs(model, names)
@@ -341,7 +305,9 @@ def _shapes_from_runtime(model, input_shapes, names) -> dict[str, tuple[int, ...
     return {n: tuple(v.shape) for n, v in zip(names, outs) if hasattr(v, "shape")}
 
 
-def random_feeds(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded random inputs of the right dtype: floats ~N(0,1), ints small, bools random."""
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -369,7 +335,6 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
         msg = str(e).strip().splitlines()
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
     norm = normalise(model)
-    from .fold import fold_static_shapes
 
     fold_static_shapes(norm)
     shapes_in = resolve_input_shapes(norm, input_shapes or {})
@@ -388,8 +353,15 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     return g
 
 
-WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
-              "LayerNormalization"}
+WEIGHT_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+}
 
 
 def _check_finite(g: Graph) -> None:
@@ -403,8 +375,10 @@ def _check_finite(g: Graph) -> None:
         if name in params:
             bad += int(np.count_nonzero(np.isinf(arr)))
         if bad:
-            raise OnnxPruneError(f"constant '{name}' has {bad} NaN/Inf value(s); fix the export (NaN weights "
-                                 f"cannot be scored, pruned or verified)")
+            raise OnnxPruneError(
+                f"constant '{name}' has {bad} NaN/Inf value(s); fix the export (NaN weights "
+                f"cannot be scored, pruned or verified)"
+            )
 
 
 def _check_acyclic(model: onnx.ModelProto, consts) -> None:
@@ -412,6 +386,8 @@ def _check_acyclic(model: onnx.ModelProto, consts) -> None:
     for node in model.graph.node:
         for i in node.input:
             if i not in known:
-                raise OnnxPruneError(f"graph is not topologically sorted or has a dangling input: node "
-                                     f"'{node.name or node.op_type}' reads '{i}' before it is produced")
+                raise OnnxPruneError(
+                    f"graph is not topologically sorted or has a dangling input: node "
+                    f"'{node.name or node.op_type}' reads '{i}' before it is produced"
+                )
         known.update(node.output)

@@ -4,6 +4,7 @@ Bars go to stderr and only when stderr is a terminal (tqdm's ``disable=None``), 
 pipelines and the one-line error contract stay clean; ``enabled=False`` (``--quiet``, the API's
 ``progress=False``) hides them everywhere.
 """
+
 from __future__ import annotations
 
 from tqdm import tqdm

@@ -1,4 +1,5 @@
 """Reports: JSON for machines, a table for people."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,10 +30,13 @@ class AnalysisReport:
         return {
             "model": self.model_path,
             "groups": [g.to_json() for g in self.groups],
-            "total": {**self.counts.to_json(), "groups": len(self.groups),
-                      "prunable_groups": sum(g.prunable for g in self.groups),
-                      "source_channels": self.analysis.source_channels,
-                      "prunable_channel_fraction": round(self.prunable_channel_fraction, 6)},
+            "total": {
+                **self.counts.to_json(),
+                "groups": len(self.groups),
+                "prunable_groups": sum(g.prunable for g in self.groups),
+                "source_channels": self.analysis.source_channels,
+                "prunable_channel_fraction": round(self.prunable_channel_fraction, 6),
+            },
         }
 
     def table(self, limit: int = 0) -> str:
@@ -47,10 +51,12 @@ class AnalysisReport:
         lines = ["  ".join(r[i][:60].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
         if limit and len(self.groups) > limit:
             lines.append(f"... {len(self.groups) - limit} more groups (use --json for all)")
-        lines.append(f"groups: {len(self.groups)} ({sum(g.prunable for g in self.groups)} prunable), "
-                     f"prunable channels: {100 * self.prunable_channel_fraction:.1f}% of "
-                     f"{self.analysis.source_channels}, MACs: {self.counts.macs / 1e6:.2f} M, "
-                     f"params: {self.counts.params / 1e6:.3f} M")
+        lines.append(
+            f"groups: {len(self.groups)} ({sum(g.prunable for g in self.groups)} prunable), "
+            f"prunable channels: {100 * self.prunable_channel_fraction:.1f}% of "
+            f"{self.analysis.source_channels}, MACs: {self.counts.macs / 1e6:.2f} M, "
+            f"params: {self.counts.params / 1e6:.3f} M"
+        )
         return "\n".join(lines)
 
 
@@ -84,20 +90,24 @@ class PruneReport:
     def summary(self) -> str:
         v = self.verification
         ver = verification_text(v)
-        return (f"MACs {self.before.macs / 1e6:.2f} M -> {self.after.macs / 1e6:.2f} M "
-                f"({100 * (1 - self.after.macs / max(self.before.macs, 1)):.1f}% fewer), params "
-                f"{self.before.params / 1e6:.3f} M -> {self.after.params / 1e6:.3f} M, "
-                f"{sum(len(g['removed']) for g in self.groups)} channels removed in "
-                f"{sum(1 for g in self.groups if g['removed'])} groups{self._step_note()}{self._target_note()}, "
-                f"verification: {ver}")
+        return (
+            f"MACs {self.before.macs / 1e6:.2f} M -> {self.after.macs / 1e6:.2f} M "
+            f"({100 * (1 - self.after.macs / max(self.before.macs, 1)):.1f}% fewer), params "
+            f"{self.before.params / 1e6:.3f} M -> {self.after.params / 1e6:.3f} M, "
+            f"{sum(len(g['removed']) for g in self.groups)} channels removed in "
+            f"{sum(1 for g in self.groups if g['removed'])} groups{self._step_note()}{self._target_note()}, "
+            f"verification: {ver}"
+        )
 
     def _target_note(self) -> str:
         meta = self.plan.get("meta", {}) if isinstance(self.plan, dict) else {}
         for metric in ("macs", "params"):
             if f"target_{metric}" in meta:
                 how = " by blending two uniform ratios" if "blended" in meta else ""
-                return (f" (target {meta[f'target_{metric}']:.3f} of the {metric}, achieved "
-                        f"{meta[f'achieved_{metric}']:.3f}{how})")
+                return (
+                    f" (target {meta[f'target_{metric}']:.3f} of the {metric}, achieved "
+                    f"{meta[f'achieved_{metric}']:.3f}{how})"
+                )
         return ""
 
     def _step_note(self) -> str:
@@ -112,6 +122,8 @@ def verification_text(v: dict | None) -> str:
     if not v["passed"]:
         return "FAILED"
     if v.get("method") == "float64":
-        return (f"exact in float64 (relative |diff| {v['float64_rel_diff']:.1e}; float32 |diff| "
-                f"{v['max_abs_diff']:.2e} is rounding, reference's own float32 error {v['noise_floor']:.1e})")
+        return (
+            f"exact in float64 (relative |diff| {v['float64_rel_diff']:.1e}; float32 |diff| "
+            f"{v['max_abs_diff']:.2e} is rounding, reference's own float32 error {v['noise_floor']:.1e})"
+        )
     return f"exact (max |diff| {v['max_abs_diff']:.2e})"

@@ -1,10 +1,12 @@
 """The prune report for people: a Markdown page with the per-group table, totals and plots."""
+
 from __future__ import annotations
 
 import logging
 import os
 
 from .report import PruneReport, verification_text
+from .save import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -21,51 +23,82 @@ def _ratio(a, b) -> str:
     return "n/a" if not a or b is None else f"{b / a:.3f}"
 
 
-def markdown(report: PruneReport, model: str = "", output: str = "", files: dict | None = None,
-             plots: list[str] = (), max_rows: int = 200) -> str:
+def markdown(
+    report: PruneReport,
+    model: str = "",
+    output: str = "",
+    files: dict | None = None,
+    plots: list[str] = (),
+    max_rows: int = 200,
+) -> str:
     files = files or {}
     j = report.to_json()
     meta = j["plan"].get("meta", {}) if isinstance(j["plan"], dict) else {}
     v = report.verification
     ver = verification_text(v) + (" against the masked original" if v and v["passed"] else "")
-    settings = ", ".join(f"{k} {meta[k]}" for k in ("ratio", "round_to", "min_channels", "combine", "target_macs")
-                         if k in meta)
+    settings = ", ".join(
+        f"{k} {meta[k]}" for k in ("ratio", "round_to", "min_channels", "combine", "target_macs") if k in meta
+    )
     lines = [f"# onnxprune report: {os.path.basename(model) or 'model'}", ""]
     lines += [f"- input: `{model}`"] if model else []
     lines += [f"- output: `{output}`"] if output else []
-    lines += [f"- criterion: **{report.criterion}**" + (f" ({settings})" if settings else ""),
-             f"- verification: {ver}",
-             f"- time: {report.timings.get('total', 0):.2f} s "
-             f"({', '.join(f'{k} {v:.2f} s' for k, v in report.timings.items() if k != 'total')})", ""]
+    lines += [
+        f"- criterion: **{report.criterion}**" + (f" ({settings})" if settings else ""),
+        f"- verification: {ver}",
+        f"- time: {report.timings.get('total', 0):.2f} s "
+        f"({', '.join(f'{k} {v:.2f} s' for k, v in report.timings.items() if k != 'total')})",
+        "",
+    ]
     if report.rescaled:
         lines += [f"- ThiNet least squares rescaled {len(report.rescaled)} consumer layer(s)", ""]
-    lines += ["## Totals", "", "| | before | after | after / before |", "|---|---:|---:|---:|",
-              f"| MACs | {_mb(report.before.macs)} | {_mb(report.after.macs)} | {_ratio(report.before.macs, report.after.macs)} |",
-              f"| parameters | {_mb(report.before.params)} | {_mb(report.after.params)} | "
-              f"{_ratio(report.before.params, report.after.params)} |"]
+    lines += [
+        "## Totals",
+        "",
+        "| | before | after | after / before |",
+        "|---|---:|---:|---:|",
+        f"| MACs | {_mb(report.before.macs)} | {_mb(report.after.macs)} | "
+        f"{_ratio(report.before.macs, report.after.macs)} |",
+        f"| parameters | {_mb(report.before.params)} | {_mb(report.after.params)} | "
+        f"{_ratio(report.before.params, report.after.params)} |",
+    ]
     if files:
-        lines.append(f"| file size on disk | {_bytes(files.get('input_bytes'))} | {_bytes(files.get('output_bytes'))} | "
-                     f"{_ratio(files.get('input_bytes'), files.get('output_bytes'))} |")
-    lines += ["", "MACs count multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul and Einsum at the analysis "
-              "input shape (batch 1 when dynamic).", ""]
+        lines.append(
+            f"| file size on disk | {_bytes(files.get('input_bytes'))} | {_bytes(files.get('output_bytes'))} | "
+            f"{_ratio(files.get('input_bytes'), files.get('output_bytes'))} |"
+        )
+    lines += [
+        "",
+        "MACs count multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul and Einsum at the analysis "
+        "input shape (batch 1 when dynamic).",
+        "",
+    ]
     for p in plots:
         lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})", ""]
     total = max(report.before.macs, 1)
     groups = sorted(report.groups, key=lambda g: -g.get("macs", 0))
     removed_groups = sum(1 for g in groups if g["removed"])
-    lines += ["## Groups", "",
-              f"{len(groups)} channel groups, {sum(g['prunable'] for g in groups)} prunable, {removed_groups} pruned; "
-              f"sorted by MACs share: the MACs of the layers whose weights the group slices (a layer counts for the "
-              f"group it writes and the group it reads, so shares add up to more than 100%).", "",
-              "| group | sources | channels before | after | removed | MACs share | status |",
-              "|---:|---|---:|---:|---:|---:|---|"]
+    lines += [
+        "## Groups",
+        "",
+        f"{len(groups)} channel groups, {sum(g['prunable'] for g in groups)} prunable, {removed_groups} pruned; "
+        f"sorted by MACs share: the MACs of the layers whose weights the group slices (a layer counts for the "
+        f"group it writes and the group it reads, so shares add up to more than 100%).",
+        "",
+        "| group | sources | channels before | after | removed | MACs share | status |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
     for g in groups[:max_rows]:
         src = f"`{g['sources'][0]}`" + (f" +{len(g['sources']) - 1}" if len(g["sources"]) > 1 else "")
-        status = (f"pruned ({report.criterion})" if g["removed"] else "prunable, kept") if g["prunable"] \
+        status = (
+            (f"pruned ({report.criterion})" if g["removed"] else "prunable, kept")
+            if g["prunable"]
             else f"frozen: {g.get('reason', '')}"
+        )
         n, k = g["channels"], len(g["kept"])
-        lines.append(f"| {g['id']} | {src} | {n} | {k} | {100 * (n - k) / max(n, 1):.1f}% | "
-                     f"{100 * g.get('macs', 0) / total:.1f}% | {status} |")
+        lines.append(
+            f"| {g['id']} | {src} | {n} | {k} | {100 * (n - k) / max(n, 1):.1f}% | "
+            f"{100 * g.get('macs', 0) / total:.1f}% | {status} |"
+        )
     if len(groups) > max_rows:
         lines.append(f"\n{len(groups) - max_rows} smaller groups left out; the JSON report has all of them.")
     return "\n".join(lines) + "\n"
@@ -92,7 +125,6 @@ def plots(report: PruneReport, stem: str) -> list[str]:
     plt = pyplot("the Markdown report has no plots")
     if plt is None:
         return []
-    from .save import atomic_write
 
     out = []
     groups = [g for g in report.groups if g["prunable"]]

@@ -3,6 +3,7 @@
 The rules described the edits as ``Action`` data; here labels become kept indices. Afterwards the model
 must pass the full ONNX checker and every labelled tensor must have exactly the shape the plan predicts.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -14,36 +15,10 @@ from onnx import helper, numpy_helper
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .groups.actions import Action
-from .load import Graph, infer_shapes, skeleton, too_large
-from .plan import PruningPlan
-
-
-class Keep:
-    """Turns label arrays into keep masks for one plan."""
-
-    def __init__(self, analysis: Analysis, plan: PruningPlan):
-        removed = [a for gid, chans in plan.remove.items() for c in chans for a in analysis.groups[gid].atoms[c]]
-        removed_roots = np.unique(analysis.roots[np.array(removed, dtype=np.int64)]) if removed else np.array([], np.int64)
-        self.removed_atom = np.zeros(len(analysis.roots) + 1, dtype=bool)  # last slot: label -1
-        if len(removed_roots):
-            self.removed_atom[:-1] = np.isin(analysis.roots, removed_roots)
-
-    def mask(self, labels: np.ndarray) -> np.ndarray:
-        """True where a position survives (same shape as ``labels``)."""
-        return ~self.removed_atom[labels]
-
-    def kept_along(self, labels: np.ndarray, axis: int) -> np.ndarray:
-        """Boolean per position of ``axis``: a position goes when every label in its slice is removed."""
-        m = self.mask(labels)
-        other = tuple(a for a in range(m.ndim) if a != axis)
-        return np.any(m, axis=other) if other else m
-
-    def along(self, labels: np.ndarray, axis: int) -> np.ndarray:
-        """Indices kept along ``axis``."""
-        return np.nonzero(self.kept_along(labels, axis))[0]
-
-    def count(self, labels: np.ndarray, axis: int) -> int:
-        return len(self.along(labels, axis))
+from .groups.rules.control import outer_names
+from .load import Graph, infer_shapes
+from .plan import Keep, PruningPlan, emptied
+from .protosize import skeleton, too_large
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
@@ -98,8 +73,6 @@ class _Editor:
 def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.ModelProto:
     """Return a new, physically smaller model; ``graph.model`` is not modified."""
     plan.validate(analysis)
-    from .allocation.feasible import emptied
-
     bad = emptied(analysis, plan)
     if bad:
         raise OnnxPruneError(f"plan removes every channel of tensor '{bad[0][0]}' (axis {bad[0][1]})")
@@ -118,7 +91,7 @@ def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.Mode
         arr = ed.value(node, k)
         for act in acts:
             pa = act.axis if act.param_axis is None else act.param_axis
-            idx = keep.along(act.labels, act.axis)
+            idx = keep.along(act.lab, act.axis)
             if len(idx) != arr.shape[pa]:
                 arr = np.take(arr, idx, axis=pa)
         if arr is not ed.value(node, k):
@@ -130,10 +103,11 @@ def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.Mode
 def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
     node = ed.nodes[act.node]
     if act.kind == "set_group":
-        _set_attr(node, "group", keep.count(act.labels, act.axis))
+        _set_attr(node, "group", keep.count(act.lab, act.axis))
     elif act.kind == "counts":
         if act.user:
             node = ed.private_copy(node, act.user)
+        vals: list[int] | np.ndarray
         if act.attr:
             vals = [int(v) for v in next(helper.get_attribute_value(a) for a in node.attribute if a.name == act.attr)]
         else:
@@ -142,13 +116,15 @@ def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
             v = keep.count(labels, axis)
             prev = ed.edited.setdefault((node.name, act.attr or act.input, k), v)
             if prev != v:
-                raise OnnxPruneError(f"plan gives the shared shape constant of '{act.node}' two sizes ({prev} and "
-                                     f"{v}); keep the channels it sizes consistent")
+                raise OnnxPruneError(
+                    f"plan gives the shared shape constant of '{act.node}' two sizes ({prev} and "
+                    f"{v}); keep the channels it sizes consistent"
+                )
             vals[k] = v
         if act.attr:
             _set_attr(node, act.attr, [int(v) for v in vals])
         else:
-            ed.replace_input(node, act.input, vals, "c")
+            ed.replace_input(node, act.input, np.asarray(vals), "c")
     elif act.kind == "split_outputs":
         sizes = np.array([keep.count(lab, ax) for _, (lab, ax) in sorted(act.entries.items())], dtype=np.int64)
         _set_attr(node, "num_outputs", None)
@@ -159,16 +135,16 @@ def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
         else:
             _set_attr(node, "split", [int(s) for s in sizes])
     elif act.kind == "slice_range":
-        kept = keep.kept_along(act.labels, act.axis)
-        new_start = int(kept[:act.start].sum())
-        new_end = new_start + int(kept[act.start:act.end].sum())
+        kept = keep.kept_along(act.lab, act.axis)
+        new_start = int(kept[: act.start].sum())
+        new_end = new_start + int(kept[act.start : act.end].sum())
         for k, v in ((1, new_start), (2, new_end)):
             vals = ed.value(node, k).copy()
             vals[act.entry] = v
             ed.replace_input(node, k, vals, "c")
     elif act.kind == "gather_idx":
-        kept_idx = keep.along(act.labels, act.axis)
-        dim = act.labels.shape[act.axis]
+        kept_idx = keep.along(act.lab, act.axis)
+        dim = act.lab.shape[act.axis]
         new_pos = np.full(dim, -1, dtype=np.int64)
         new_pos[kept_idx] = np.arange(len(kept_idx))
         idx = ed.value(node, 1)
@@ -207,12 +183,11 @@ def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
 
 
 def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
-    from .groups.rules.control import outer_names
 
     names = set()
     for n in g.node:
         for a in n.attribute:
-            for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                 names |= outer_names(sg)
     return names
 
@@ -243,4 +218,6 @@ def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: on
             continue
         want = tuple(keep.count(labels, ax) if labels.shape[ax] > 1 else d for ax, d in enumerate(old))
         if shapes[name] != want:
-            raise VerificationError(f"tensor '{name}' has shape {shapes[name]} after the rewrite, the plan implies {want}")
+            raise VerificationError(
+                f"tensor '{name}' has shape {shapes[name]} after the rewrite, the plan implies {want}"
+            )

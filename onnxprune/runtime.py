@@ -1,4 +1,5 @@
 """Thin onnxruntime wrapper so every stage creates sessions the same way (CPU, quiet, deterministic)."""
+
 from __future__ import annotations
 
 import os
@@ -7,13 +8,12 @@ import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
+from .protosize import too_large
 
 
 def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, threads: int = 0):
     """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers)."""
     import onnxruntime as ort
-
-    from .load import too_large
 
     so = ort.SessionOptions()
     so.log_severity_level = 4  # ORT prints failures to stderr itself; ours is the one-line message
@@ -47,8 +47,14 @@ def _session_from_files(model: onnx.ModelProto, so):
         path = os.path.join(tmp, "model.onnx")
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.data",
-                        size_threshold=1024)
+        onnx.save_model(
+            copy,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.data",
+            size_threshold=1024,
+        )
         del copy
         return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     except OSError as e:

@@ -1,4 +1,5 @@
 """Atomic model output: a reader never sees a half-written file, and Ctrl-C leaves nothing behind."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ import tempfile
 import onnx
 
 from .errors import OnnxPruneError
+from .load import external_files
+from .protosize import too_large
 
 
 def check_output_path(out: str, inputs: list[str]) -> None:
@@ -36,16 +39,20 @@ def save_model(model: onnx.ModelProto, out: str, external: bool | None = None) -
     folder = os.path.dirname(out_abs)
     base = os.path.basename(out_abs)
     if external is None:
-        from .load import too_large
-
         external = too_large(model)
     tmp = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
     try:
         tmp_model = os.path.join(tmp, base)
         data_name = base + ".data"
         if external:
-            onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+            onnx.save_model(
+                model,
+                tmp_model,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
             os.replace(os.path.join(tmp, data_name), os.path.join(folder, data_name))
         else:
             onnx.save_model(model, tmp_model)
@@ -92,7 +99,6 @@ def save_text(text: str, out: str) -> None:
 
 def size_on_disk(path: str) -> int:
     """Bytes of a model file plus the external data files it names."""
-    from .load import external_files
 
     return os.path.getsize(path) + sum(os.path.getsize(f) for f in external_files(path) if os.path.exists(f))
 

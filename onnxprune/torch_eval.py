@@ -4,6 +4,7 @@ onnx2torch is the library for this, but it fails on current exports (dynamo's op
 num_outputs, Reshape with allowzero) and pins old torch; this interpreter covers the operators of the
 supported zoo, one small function per op, and says which op is missing otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ def op(*names):
         for n in names:
             OPS[n] = fn
         return fn
+
     return deco
 
 
@@ -37,8 +39,9 @@ def _ints(t):
 class TorchGraph:
     """Callable over feed dicts; ``keep`` names intermediate tensors to return (with retained grads)."""
 
-    def __init__(self, model: onnx.ModelProto, consts: dict[str, np.ndarray], device: str = "cpu",
-                 float64: bool = False):
+    def __init__(
+        self, model: onnx.ModelProto, consts: dict[str, np.ndarray], device: str = "cpu", float64: bool = False
+    ):
         """``float64`` evaluates every floating tensor in double precision (Casts to a float type included):
         the exactness check's arbiter when float32 rounding alone exceeds its bound."""
         import torch
@@ -53,7 +56,12 @@ class TorchGraph:
             raise OnnxPruneError(f"torch evaluation does not support op(s) {', '.join(missing)}")
 
     def _promote(self, v):
-        if self.float64 and isinstance(v, self.torch.Tensor) and v.is_floating_point() and v.dtype != self.torch.float64:
+        if (
+            self.float64
+            and isinstance(v, self.torch.Tensor)
+            and v.is_floating_point()
+            and v.dtype != self.torch.float64
+        ):
             return v.to(self.torch.float64)
         return v
 
@@ -94,8 +102,20 @@ class TorchGraph:
 
 
 # --- element-wise ---------------------------------------------------------------------------------
-BIN = {"Add": "add", "Sub": "sub", "Mul": "mul", "Pow": "pow", "Equal": "eq", "Less": "lt", "Greater": "gt",
-       "LessOrEqual": "le", "GreaterOrEqual": "ge", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor"}
+BIN = {
+    "Add": "add",
+    "Sub": "sub",
+    "Mul": "mul",
+    "Pow": "pow",
+    "Equal": "eq",
+    "Less": "lt",
+    "Greater": "gt",
+    "LessOrEqual": "le",
+    "GreaterOrEqual": "ge",
+    "And": "logical_and",
+    "Or": "logical_or",
+    "Xor": "logical_xor",
+}
 
 
 @op(*BIN)
@@ -118,9 +138,25 @@ def _nary(t, x, a, n):
     return out / len(x) if n.op_type == "Mean" else out
 
 
-UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Erf": "erf", "Exp": "exp", "Log": "log",
-         "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Reciprocal": "reciprocal", "Floor": "floor", "Ceil": "ceil",
-         "Sin": "sin", "Cos": "cos", "Not": "logical_not", "Sign": "sign", "Round": "round"}
+UNARY = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Erf": "erf",
+    "Exp": "exp",
+    "Log": "log",
+    "Sqrt": "sqrt",
+    "Neg": "neg",
+    "Abs": "abs",
+    "Reciprocal": "reciprocal",
+    "Floor": "floor",
+    "Ceil": "ceil",
+    "Sin": "sin",
+    "Cos": "cos",
+    "Not": "logical_not",
+    "Sign": "sign",
+    "Round": "round",
+}
 
 
 @op(*UNARY)
@@ -211,8 +247,14 @@ def _conv(t, x, a, n):
     k = w.dim() - 2
     xin = _pad_for(t, x[0], _auto_pads(a, k))
     f = {1: t.nn.functional.conv1d, 2: t.nn.functional.conv2d, 3: t.nn.functional.conv3d}[k]
-    return f(xin, w, x[2] if len(x) > 2 else None, stride=a.get("strides", [1] * k),
-             dilation=a.get("dilations", [1] * k), groups=a.get("group", 1))
+    return f(
+        xin,
+        w,
+        x[2] if len(x) > 2 else None,
+        stride=a.get("strides", [1] * k),
+        dilation=a.get("dilations", [1] * k),
+        groups=a.get("group", 1),
+    )
 
 
 @op("ConvTranspose")
@@ -223,9 +265,16 @@ def _convt(t, x, a, n):
     if pads[:k] != pads[k:]:
         raise OnnxPruneError("torch evaluation: asymmetric ConvTranspose pads")
     f = {1: t.nn.functional.conv_transpose1d, 2: t.nn.functional.conv_transpose2d}[k]
-    return f(x[0], w, x[2] if len(x) > 2 else None, stride=a.get("strides", [1] * k), padding=pads[:k],
-             output_padding=a.get("output_padding", [0] * k), groups=a.get("group", 1),
-             dilation=a.get("dilations", [1] * k))
+    return f(
+        x[0],
+        w,
+        x[2] if len(x) > 2 else None,
+        stride=a.get("strides", [1] * k),
+        padding=pads[:k],
+        output_padding=a.get("output_padding", [0] * k),
+        groups=a.get("group", 1),
+        dilation=a.get("dilations", [1] * k),
+    )
 
 
 @op("Gemm")
@@ -413,7 +462,7 @@ def _gather(t, x, a, n):
     idx = x[1].long()
     idx = t.where(idx < 0, idx + x[0].shape[ax], idx)
     out = x[0].index_select(ax, idx.reshape(-1))
-    return out.reshape(list(x[0].shape[:ax]) + list(idx.shape) + list(x[0].shape[ax + 1:]))
+    return out.reshape(list(x[0].shape[:ax]) + list(idx.shape) + list(x[0].shape[ax + 1 :]))
 
 
 @op("Expand")
@@ -429,7 +478,7 @@ def _tile(t, x, a, n):
 
 @op("Shape")
 def _shape(t, x, a, n):
-    dims = list(x[0].shape)[a.get("start", 0):a.get("end", None)]
+    dims = list(x[0].shape)[a.get("start", 0) : a.get("end", None)]
     return t.tensor(dims, dtype=t.long)
 
 
@@ -462,8 +511,9 @@ def _resize(t, x, a, n):
     ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
     if mode == "nearest":
         return t.nn.functional.interpolate(x[0], size=sizes[2:], mode="nearest")
-    return t.nn.functional.interpolate(x[0], size=sizes[2:], mode="bilinear" if len(sizes) == 4 else "linear",
-                                       align_corners=ctm == "align_corners")
+    return t.nn.functional.interpolate(
+        x[0], size=sizes[2:], mode="bilinear" if len(sizes) == 4 else "linear", align_corners=ctm == "align_corners"
+    )
 
 
 @op("ConstantOfShape")

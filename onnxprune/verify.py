@@ -1,6 +1,7 @@
 """Prove a rewrite exact: the pruned model must equal the original with the removed channels masked to
 zero wherever they are consumed (the input of a Conv/Gemm/MatMul/ReduceSum). Any difference beyond float
 reordering noise means the rewrite is wrong, and it is refused."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,11 +12,12 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
-from .load import Graph, random_feeds, skeleton
-from .plan import PruningPlan
-from .rewrite import Keep
+from .groups.rules._util import attr
+from .load import Graph, random_feeds
+from .plan import Keep, PruningPlan
+from .protosize import skeleton
 from .runtime import run_model
-
+from .torch_eval import TorchGraph
 
 # float32 bound: a correct rewrite of a shallow model stays far below it, and the check ends there
 RTOL32 = 1e-4
@@ -50,14 +52,18 @@ class VerifyResult:
 
     def message(self) -> str:
         """Why the rewrite was refused, in one line."""
-        base = (f"rewrite is not exact: max |diff| {self.max_abs_diff:.3e} exceeds tolerance "
-                f"(relative {self.max_rel_diff:.3e} > {self.tolerance:.1e})")
+        base = (
+            f"rewrite is not exact: max |diff| {self.max_abs_diff:.3e} exceeds tolerance "
+            f"(relative {self.max_rel_diff:.3e} > {self.tolerance:.1e})"
+        )
         if self.reason:
             return f"{base}; {self.reason}"
         if self.method == "float64":
-            return (f"{base}, and in float64 the difference is {self.float64_rel_diff:.3e} "
-                    f"(bound {self.float64_tolerance:.0e}) with float32 error {self.pruned_float32_error:.2e} "
-                    f"against a noise floor of {self.noise_floor:.2e}")
+            return (
+                f"{base}, and in float64 the difference is {self.float64_rel_diff:.3e} "
+                f"(bound {self.float64_tolerance:.0e}) with float32 error {self.pruned_float32_error:.2e} "
+                f"against a noise floor of {self.noise_floor:.2e}"
+            )
         return base
 
 
@@ -85,7 +91,8 @@ def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tup
         g.initializer.append(numpy_helper.from_array(np.zeros((), dtype=np_dtype), zero_name))
         # Where, not Mul: a removed channel holding inf/nan must vanish, as it does in the pruned model
         inserts.setdefault(node_name, []).append(
-            helper.make_node("Where", [mask_name, src, zero_name], [out_name], name=f"{node_name}.mask{k}.where"))
+            helper.make_node("Where", [mask_name, src, zero_name], [out_name], name=f"{node_name}.mask{k}.where")
+        )
         node.input[k] = out_name
         count += 1
     replaced = {}
@@ -107,19 +114,24 @@ def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tup
     return model, count
 
 
-def _masked_layer_norm(g: onnx.GraphProto, node: onnx.NodeProto, mask: np.ndarray, axes: list[int],
-                       shape: tuple[int, ...], elem: int) -> list[onnx.NodeProto]:
+def _masked_layer_norm(
+    g: onnx.GraphProto, node: onnx.NodeProto, mask: np.ndarray, axes: list[int], shape: tuple[int, ...], elem: int
+) -> list[onnx.NodeProto]:
     """LayerNormalization whose mean and variance run over the kept channels only (what the pruned
     model computes), written with plain ops so it shares no code with the rewrite it checks."""
-    from .groups.rules._util import attr
 
     dt = helper.tensor_dtype_to_np_dtype(elem)
     p = f"{node.name}.mln"
     full = np.broadcast_to(mask, (1,) + tuple(shape[1:])).astype(np.float64)
     cnt = np.sum(full, axis=tuple(axes), keepdims=True)
     eps = float(attr(node, "epsilon", 1e-5))
-    inits = {f"{p}.m": mask, f"{p}.zero": np.zeros((), dtype=dt), f"{p}.n": cnt.astype(dt), f"{p}.axes": np.array(axes, dtype=np.int64),
-             f"{p}.eps": np.array(eps, dtype=dt)}
+    inits = {
+        f"{p}.m": mask,
+        f"{p}.zero": np.zeros((), dtype=dt),
+        f"{p}.n": cnt.astype(dt),
+        f"{p}.axes": np.array(axes, dtype=np.int64),
+        f"{p}.eps": np.array(eps, dtype=dt),
+    }
     for name, arr in inits.items():
         g.initializer.append(numpy_helper.from_array(arr, name))
     x = node.input[0]
@@ -156,8 +168,15 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def verify(graph: Graph, analysis: Analysis, plan: PruningPlan, pruned: onnx.ModelProto,
-           feeds: list[dict[str, np.ndarray]] | None = None, rtol: float = RTOL32, seed: int = 0) -> VerifyResult:
+def verify(
+    graph: Graph,
+    analysis: Analysis,
+    plan: PruningPlan,
+    pruned: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]] | None = None,
+    rtol: float = RTOL32,
+    seed: int = 0,
+) -> VerifyResult:
     """Compare pruned vs masked original on seeded random inputs (batch 2 where the batch is dynamic).
 
     float32 rounding compounds with depth: on deep trained models (20+ pruned groups, LayerNorm, a
@@ -224,8 +243,6 @@ def _float64_verdict(ref: onnx.ModelProto, pruned: onnx.ModelProto, runs, res: V
     """Decide an inconclusive float32 comparison in float64 (torch evaluation of both graphs)."""
     try:
         import torch
-
-        from .torch_eval import TorchGraph
 
         ref64 = TorchGraph(ref, _initializers(ref), float64=True)
         pruned64 = TorchGraph(pruned, _initializers(pruned), float64=True)

@@ -4,15 +4,15 @@ Each case is ``(builder, extra CLI args, expected)``: the builder writes what th
 folder and returns the model path; ``expected`` is ``"error"`` (one line, exit 1 or 2, no output) or
 ``"warn"`` (exit 0 with a warning line).
 """
+
 from __future__ import annotations
 
 import os
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-
 from graphs import G
+from onnx import numpy_helper
 
 
 def small_model(tmp_path, name="m.onnx"):
@@ -123,8 +123,10 @@ def _calib(tmp_path, arr, name="calib.npz", **extra):
 
 def with_calib(arr_fn, **extra):
     """A builder for the small model plus a calibration file: returns (model, ["--calib", file])."""
+
     def build(tmp_path):
         return small_model(tmp_path), ["--calib", _calib(tmp_path, arr_fn(), **extra)]
+
     return build
 
 
@@ -158,13 +160,25 @@ CASES = {
     "malformed --input-shape": (small_model, ["--input-shape", "x:1x4xfoo"], "error"),
     "--input-shape for an unknown input": (small_model, ["--input-shape", "y:1x4x8x8"], "error"),
     "calibration data of the wrong shape": (
-        with_calib(lambda: rng.standard_normal((8, 3, 8, 8)).astype(np.float32)), ["--criterion", "apoz"], "error"),
+        with_calib(lambda: rng.standard_normal((8, 3, 8, 8)).astype(np.float32)),
+        ["--criterion", "apoz"],
+        "error",
+    ),
     "calibration data of the wrong dtype": (
-        with_calib(lambda: np.ones((8, 4, 8, 8), np.int64)), ["--criterion", "apoz"], "error"),
+        with_calib(lambda: np.ones((8, 4, 8, 8), np.int64)),
+        ["--criterion", "apoz"],
+        "error",
+    ),
     "calibration data with no samples": (
-        with_calib(lambda: np.zeros((0, 4, 8, 8), np.float32)), ["--criterion", "apoz"], "error"),
+        with_calib(lambda: np.zeros((0, 4, 8, 8), np.float32)),
+        ["--criterion", "apoz"],
+        "error",
+    ),
     "labels count differs from samples": (
-        with_calib(CALIB_OK, labels=np.zeros(5, np.int64)), ["--criterion", "taylor"], "error"),
+        with_calib(CALIB_OK, labels=np.zeros(5, np.int64)),
+        ["--criterion", "taylor"],
+        "error",
+    ),
     "NaN in calibration data": (with_calib(_nan), ["--criterion", "apoz"], "error"),
     "calibration file missing": (small_model, ["--criterion", "apoz", "--calib", "nowhere.npz"], "error"),
     "-o pointing at the input": (small_model, ["-o", "{model}"], "error"),

@@ -1,4 +1,5 @@
 """Tiny hand-built ONNX graphs for rule tests: a fluent builder over onnx.helper."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,17 @@ class G:
         self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
         return outs[0] if n_out == 1 else outs
 
-    def conv(self, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True, name: str | None = None,
-             w: np.ndarray | None = None) -> str:
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        group: int = 1,
+        bias: bool = True,
+        name: str | None = None,
+        w: np.ndarray | None = None,
+    ) -> str:
         w = self.const(self.rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) if w is None else w)
         ins = [x, w]
         if bias:
@@ -46,8 +56,12 @@ class G:
 
     def bn(self, x: str, c: int) -> str:
         r = self.rng
-        ps = [self.const(r.random(c).astype(np.float32) + 0.5), self.const(r.standard_normal(c).astype(np.float32)),
-              self.const(r.standard_normal(c).astype(np.float32)), self.const(r.random(c).astype(np.float32) + 0.5)]
+        ps = [
+            self.const(r.random(c).astype(np.float32) + 0.5),
+            self.const(r.standard_normal(c).astype(np.float32)),
+            self.const(r.standard_normal(c).astype(np.float32)),
+            self.const(r.random(c).astype(np.float32) + 0.5),
+        ]
         return self.op("BatchNormalization", [x, *ps])
 
     def gemm(self, x: str, k: int, n: int) -> str:
@@ -67,18 +81,20 @@ class G:
     def model(self) -> onnx.ModelProto:
         outs = self.outputs
         g = helper.make_graph(self.nodes, "t", self.inputs, outs, self.inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)] +
-                              [helper.make_opsetid(d, 1) for d in self.domains])
+        m = helper.make_model(
+            g, opset_imports=[helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, 1) for d in self.domains]
+        )
         m.ir_version = 8
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-        typed = [o if o.type.tensor_type.HasField("shape") else orig
-                 for o, orig in zip(inferred.graph.output, outs)]
+        typed = [o if o.type.tensor_type.HasField("shape") else orig for o, orig in zip(inferred.graph.output, outs)]
         del m.graph.output[:]
         m.graph.output.extend(typed)
         return m
 
 
-def compounding(depth: int = 20, c: int = 32, classes: int = 6625, common: float = 1e4, seed: int = 0) -> onnx.ModelProto:
+def compounding(
+    depth: int = 20, c: int = 32, classes: int = 6625, common: float = 1e4, seed: int = 0
+) -> onnx.ModelProto:
     """A correct rewrite whose float32 difference exceeds 1e-4: 20 residual HardSwish blocks, LayerNorms,
     and a 6,625-way softmax whose logits share a large common component, so float32 rounding of the
     accumulation (different in the pruned Gemm) moves the probabilities (as in PP-OCR's recogniser)."""
@@ -89,8 +105,9 @@ def compounding(depth: int = 20, c: int = 32, classes: int = 6625, common: float
         x = g.op("Add", [x, g.op("HardSwish", [g.conv(x, c, c, w=w)])])
         if i % 5 == 4:
             t = g.op("Transpose", [x], perm=[0, 2, 3, 1])
-            t = g.op("LayerNormalization", [t, g.const(np.ones(c, np.float32)), g.const(np.zeros(c, np.float32))],
-                     axis=-1)
+            t = g.op(
+                "LayerNormalization", [t, g.const(np.ones(c, np.float32)), g.const(np.zeros(c, np.float32))], axis=-1
+            )
             x = g.op("Transpose", [t], perm=[0, 3, 1, 2])
     f = g.op("Flatten", [g.op("GlobalAveragePool", [x])])
     w = (g.rng.standard_normal(c) * common + g.rng.standard_normal((classes, c))).astype(np.float32)

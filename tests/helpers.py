@@ -1,4 +1,5 @@
 """Shared test helpers: random plans and an independent exactness check."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,7 @@ def _corrupt_indices(monkeypatch, graph, analysis, plan, how: str) -> bool:
     """Make the rewriter slice one weight wrongly: ``shift`` takes the neighbour of a kept channel (an
     off-by-one), ``drop`` keeps a removed channel in place of a kept one. Returns False where no weight of
     the plan can be corrupted that way."""
-    from onnxprune.rewrite import Keep
+    from onnxprune.plan import Keep
 
     nodes = {n.name: n.op_type for n in graph.model.graph.node}
     keep = Keep(analysis, plan)
@@ -63,15 +64,17 @@ def _corrupt_indices(monkeypatch, graph, analysis, plan, how: str) -> bool:
         gone = sorted(set(range(dim)) - set(idx.tolist()))
         if not gone:
             continue
-        j, new = (next(((j, i + 1) for j, i in enumerate(idx) if i + 1 in gone), (None, None)) if how == "shift"
-                  else (len(idx) - 1, gone[-1]))
+        j, new = (
+            next(((j, i + 1) for j, i in enumerate(idx) if i + 1 in gone), (None, None))
+            if how == "shift"
+            else (len(idx) - 1, gone[-1])
+        )
         if j is None:
             continue
-        target, original = act.labels, Keep.along
 
-        def along(self, labels, axis, _j=j, _new=new):
-            out = original(self, labels, axis)
-            if labels is target and axis == act.axis:
+        def along(self, labels, axis, _j=j, _new=new, _target=act.labels, _axis=act.axis, _orig=Keep.along):
+            out = _orig(self, labels, axis)
+            if labels is _target and axis == _axis:
                 out = np.sort(np.concatenate([np.delete(out, _j), [_new]]))
             return out
 

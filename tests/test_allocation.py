@@ -1,4 +1,5 @@
 """Allocation: global ranking, targets, PFEC greedy, sensitivity, iterative steps, latency tables."""
+
 from __future__ import annotations
 
 import json
@@ -7,16 +8,17 @@ import os
 import numpy as np
 import onnx
 import pytest
+from graphs import G
+from test_cli import run, small_model
 
 import onnxprune
-from graphs import G
 from onnxprune.allocation import latency as lat
 from onnxprune.allocation.allocate import Allocation, allocate
 from onnxprune.allocation.global_rank import global_plan
 from onnxprune.allocation.sensitivity import ratios_from_sensitivity
-from onnxprune.plan import PruningPlan
 from onnxprune.criteria import group_scores  # noqa: F401  (registers the criteria)
-from test_cli import run, small_model
+from onnxprune.plan import PruningPlan
+from onnxprune.rewrite import apply_plan
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_256.npz")
 
@@ -42,8 +44,8 @@ def test_max_ratio_is_never_exceeded(shared_models):
                 assert len(plan.remove.get(g.id, [])) <= int(max_ratio * g.channels), (norm, g.id)
 
 
-def test_normalisation_changes_the_global_ranking(shared_models):
-    rep = onnxprune.analyze(os.path.join(shared_models, "resnet20.onnx"))
+def test_normalisation_changes_the_global_ranking(trained_models):
+    rep = onnxprune.analyze(os.path.join(trained_models, "resnet20.onnx"))
     scores = onnxprune.score_groups(rep.graph, rep.analysis, "l1")
     plans = {n: global_plan(rep.analysis, scores, 0.3, normalisation=n).remove for n in ("none", "l2", "max")}
     counts = {n: {g: len(c) for g, c in p.items()} for n, p in plans.items()}
@@ -82,16 +84,18 @@ def test_pfec_greedy_differs_from_independent_as_documented(tmp_path):
 
 
 def test_greedy_needs_a_norm_criterion(tmp_path):
-    rc, _, err = run("prune", small_model(tmp_path), "-o", str(tmp_path / "o.onnx"), "--strategy", "greedy",
-                     "--criterion", "fpgm")
+    rc, _, err = run(
+        "prune", small_model(tmp_path), "-o", str(tmp_path / "o.onnx"), "--strategy", "greedy", "--criterion", "fpgm"
+    )
     assert rc == 1 and "l1 or l2" in err
 
 
-def test_sensitivity_round_trips_into_an_allocation(shared_models, tmp_path):
-    src = os.path.join(shared_models, "resnet20.onnx")
+def test_sensitivity_round_trips_into_an_allocation(trained_models, tmp_path):
+    src = os.path.join(trained_models, "resnet20.onnx")
     stem = str(tmp_path / "sens")
-    rc, out, err = run("-q", "sensitivity", src, "--calib", SAMPLES, "--limit", "128", "--ratios", "0.3,0.7",
-                       "-o", stem)
+    rc, out, err = run(
+        "-q", "sensitivity", src, "--calib", SAMPLES, "--limit", "128", "--ratios", "0.3,0.7", "-o", stem
+    )
     assert rc == 0, err
     res = json.loads(open(stem + ".json").read())
     assert res["metric"] == "top1" and res["samples"] == 128
@@ -104,8 +108,18 @@ def test_sensitivity_round_trips_into_an_allocation(shared_models, tmp_path):
     report = onnxprune.analyze(src)
     ratios = ratios_from_sensitivity(res, report.analysis, max_drop)
     out_model, rep_json = tmp_path / "p.onnx", tmp_path / "r.json"
-    rc, _, err = run("prune", src, "-o", str(out_model), "--sensitivity", stem + ".json", "--max-drop", str(max_drop),
-                     "--report", str(rep_json))
+    rc, _, err = run(
+        "prune",
+        src,
+        "-o",
+        str(out_model),
+        "--sensitivity",
+        stem + ".json",
+        "--max-drop",
+        str(max_drop),
+        "--report",
+        str(rep_json),
+    )
     assert rc == 0, err
     rep = json.loads(rep_json.read_text())
     by_id = {g["id"]: g for g in rep["groups"]}
@@ -117,22 +131,22 @@ def test_sensitivity_round_trips_into_an_allocation(shared_models, tmp_path):
             assert all(p["drop"] <= max_drop for p in g["points"] if p["ratio"] <= r)
 
 
-def test_sensitivity_parallel_equals_serial(shared_models):
-    src = os.path.join(shared_models, "resnet20.onnx")
+def test_sensitivity_parallel_equals_serial(trained_models):
+    src = os.path.join(trained_models, "resnet20.onnx")
     data = onnxprune.DataSpec(SAMPLES, limit=64)
     a = onnxprune.sensitivity(src, ratios=[0.5], data=data)
     b = onnxprune.sensitivity(src, ratios=[0.5], data=data, jobs=2)
     assert a["groups"] == b["groups"]
 
 
-def test_sensitivity_file_from_another_model_is_refused(shared_models, tmp_path):
+def test_sensitivity_file_from_another_model_is_refused(trained_models, tmp_path):
     res = {"format": "onnxprune.sensitivity/1", "groups": [{"id": 0, "sources": ["nope"], "points": []}]}
     with pytest.raises(onnxprune.OnnxPruneError, match="does not match"):
-        ratios_from_sensitivity(res, onnxprune.analyze(os.path.join(shared_models, "resnet20.onnx")).analysis, 1.0)
+        ratios_from_sensitivity(res, onnxprune.analyze(os.path.join(trained_models, "resnet20.onnx")).analysis, 1.0)
 
 
-def test_iterative_steps_reach_the_target_and_verify(shared_models):
-    src = os.path.join(shared_models, "resnet20.onnx")
+def test_iterative_steps_reach_the_target_and_verify(trained_models):
+    src = os.path.join(trained_models, "resnet20.onnx")
     pruned, rep = onnxprune.prune(src, "l1", target_macs=0.5, steps=3)
     assert abs(rep.after.macs / rep.before.macs - 0.5) <= 0.01
     assert rep.verification["passed"] and len(rep.plan["meta"]["steps"]) == 2
@@ -145,12 +159,18 @@ def test_latency_table_is_cached_and_plan_meets_prediction(tmp_path):
     path = small_model(tmp_path)
     report = onnxprune.analyze(path)
     cache = str(tmp_path / "m.latency.json")
-    t1 = lat.latency_table(report.graph, report.analysis, cache, "ort-cpu", threads=1, points=2, iters=3)
+    t1 = lat.latency_table(
+        report.graph, report.analysis, cache, "ort-cpu", threads=1, points=2, iters=3, rewrite=apply_plan
+    )
     assert not t1["cached"] and os.path.exists(cache)
-    t2 = lat.latency_table(report.graph, report.analysis, cache, "ort-cpu", threads=1, points=2, iters=3)
+    t2 = lat.latency_table(
+        report.graph, report.analysis, cache, "ort-cpu", threads=1, points=2, iters=3, rewrite=apply_plan
+    )
     assert t2["cached"] and t2["groups"] == t1["groups"]
     # a different setting is a different table
-    t3 = lat.latency_table(report.graph, report.analysis, cache, "ort-cpu", threads=1, points=4, iters=3)
+    t3 = lat.latency_table(
+        report.graph, report.analysis, cache, "ort-cpu", threads=1, points=4, iters=3, rewrite=apply_plan
+    )
     assert not t3["cached"] and len(json.load(open(cache))) == 2
 
 
@@ -161,9 +181,13 @@ def test_latency_plan_prefers_cheap_importance_per_millisecond(tmp_path):
     gids = [g.id for g in report.groups if g.prunable]
     a, b = gids[0], gids[1]
     # group a: a staircase, halving saves 4 ms; group b: halving saves 1 ms
-    table = {"original_ms": 10.0, "groups": {
-        str(a): {"widths": [2, 4], "saved_ms": [4.0, 0.0]},
-        str(b): {"widths": [2, 4], "saved_ms": [1.0, 0.0]}}}
+    table = {
+        "original_ms": 10.0,
+        "groups": {
+            str(a): {"widths": [2, 4], "saved_ms": [4.0, 0.0]},
+            str(b): {"widths": [2, 4], "saved_ms": [1.0, 0.0]},
+        },
+    }
     scores = {g: np.ones(report.groups[g].channels) for g in gids}
     plan, pred = lat.latency_plan(report.analysis, scores, table, 0.7)
     assert len(plan.remove.get(a, [])) == 2 and not plan.remove.get(b) and pred == pytest.approx(0.6)
@@ -179,10 +203,15 @@ def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):
         return [100.0] + [50.0 + 0.1 * w + (0.0 if w % 8 == 0 else 5.0) for w in widths]
 
     monkeypatch.setattr(lat, "_time_variants", staircase)
-    m, info = lat.auto_round_to(rep.graph, rep.analysis)
+    m, info = lat.auto_round_to(rep.graph, rep.analysis, rewrite=apply_plan)
     assert m == 8 and len(info["latency_ms"]) == 33
-    plan = allocate(rep.graph, rep.analysis, onnxprune.score_groups(rep.graph, rep.analysis, "l1"),
-                    Allocation(ratio=0.3, round_to=0))
+    plan = allocate(
+        rep.graph,
+        rep.analysis,
+        onnxprune.score_groups(rep.graph, rep.analysis, "l1"),
+        Allocation(ratio=0.3, round_to=0),
+        rewrite=apply_plan,
+    )
     assert plan.meta["round_to"] == 8
     for gid, removed in plan.remove.items():
         assert (rep.groups[gid].channels - len(removed)) % 8 == 0
@@ -199,11 +228,11 @@ def test_latency_plan_is_measured_and_corrected(monkeypatch, shared_models):
         return [100.0] + [20.0 + 80.0 * counts_of(graph, analysis, p).macs / full for p in plans]
 
     monkeypatch.setattr(lat, "_time_variants", runtime)
-    table = lat.latency_table(rep.graph, rep.analysis, None, points=4)
+    table = lat.latency_table(rep.graph, rep.analysis, None, points=4, rewrite=apply_plan)
     for row in table["groups"].values():
         row["saved_ms"] = [2 * s for s in row["saved_ms"]]
     scores = onnxprune.score_groups(rep.graph, rep.analysis, "l1")
-    plan = lat.latency_plan_measured(rep.graph, rep.analysis, scores, table, 0.6)
+    plan = lat.latency_plan_measured(rep.graph, rep.analysis, scores, table, 0.6, rewrite=apply_plan)
     rounds = plan.meta["latency_rounds"]
     assert rounds[0]["measured"] > rounds[0]["predicted"] + 0.1  # the raw prediction misses
     assert len(rounds) > 1 and abs(plan.meta["measured_latency"] - 0.6) <= 0.02
@@ -213,8 +242,9 @@ def test_latency_plan_is_measured_and_corrected(monkeypatch, shared_models):
 def test_cli_target_latency_end_to_end(tmp_path):
     path = small_model(tmp_path)
     out, js = tmp_path / "o.onnx", tmp_path / "r.json"
-    rc, stdout, err = run("prune", path, "-o", str(out), "--target-latency", "0.9", "--bench-threads", "1",
-                          "--report", str(js))
+    rc, stdout, err = run(
+        "prune", path, "-o", str(out), "--target-latency", "0.9", "--bench-threads", "1", "--report", str(js)
+    )
     assert rc == 0, err
     meta = json.loads(js.read_text())["plan"]["meta"]
     assert meta["allocation"] == "latency" and meta["latency_rounds"]

@@ -1,4 +1,5 @@
 """bench (interleaved latency, speedup intervals), TensorRT availability, and the prune reports."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,11 +9,11 @@ import os
 import numpy as np
 import onnx
 import pytest
+from test_cli import run, small_model
 
 import onnxprune
-from onnxprune.bench import benchmark, bench_shapes, speedup_ci, summarize
+from onnxprune.bench import bench_shapes, benchmark, speedup_ci, summarize
 from onnxprune.bench import trt as trt_backend
-from test_cli import run, small_model
 
 
 @pytest.fixture
@@ -94,11 +95,14 @@ def test_cli_bench_json(pair, tmp_path):
     assert "median ms" in stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["missing.onnx"], "model not found"),
-    (["{src}", "--iters", "1"], "--iters"),
-    (["{src}", "--backend", "gpu"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["missing.onnx"], "model not found"),
+        (["{src}", "--iters", "1"], "--iters"),
+        (["{src}", "--backend", "gpu"], "invalid choice"),
+    ],
+)
 def test_cli_bench_bad_input(pair, tmp_path, args, needle):
     src, _ = pair
     rc, _, err = run("bench", *[a.format(src=src) for a in args])
@@ -127,8 +131,8 @@ def test_trt_bench_runs_and_caches_engines(pair, tmp_path, fp16):
     assert sorted(f for f in os.listdir(cache) if f.endswith(".engine")) == engines  # reused, not rebuilt
 
 
-def test_prune_markdown_and_json_reports(tmp_path, shared_models):
-    src = os.path.join(shared_models, "resnet20.onnx")
+def test_prune_markdown_and_json_reports(tmp_path, trained_models):
+    src = os.path.join(trained_models, "resnet20.onnx")
     out, md, js = tmp_path / "p.onnx", tmp_path / "rep.md", tmp_path / "rep.json"
     rc, _, err = run("prune", src, "-o", str(out), "--ratio", "0.4", "--report", str(md), "--report", str(js))
     assert rc == 0, err
@@ -140,8 +144,9 @@ def test_prune_markdown_and_json_reports(tmp_path, shared_models):
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.split("|")[1].strip().isdigit()]
     assert len(rows) == len(j["groups"])
     for g in j["groups"]:
-        assert any(r.split("|")[1].strip() == str(g["id"]) and r.split("|")[4].strip() == str(len(g["kept"]))
-                   for r in rows)
+        assert any(
+            r.split("|")[1].strip() == str(g["id"]) and r.split("|")[4].strip() == str(len(g["kept"])) for r in rows
+        )
     for png in ("rep_channels.png", "rep_totals.png"):
         assert f"]({png})" in text
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

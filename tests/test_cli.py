@@ -1,4 +1,5 @@
 """The CLI contract other tools rely on, and one-line errors for bad input."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,9 @@ import time
 import numpy as np
 import onnx
 import pytest
+from bad_inputs import CASES, command, small_model, unprunable
 
 import onnxprune
-from bad_inputs import CASES, command, small_model, unprunable  # noqa: F401  (small_model: used by other tests)
 
 
 def run(*args, cwd=None):
@@ -27,9 +28,9 @@ def sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_analyze_json_contract(shared_models, tmp_path):
+def test_analyze_json_contract(trained_models, tmp_path):
     out = tmp_path / "a.json"
-    rc, stdout, _ = run("analyze", os.path.join(shared_models, "resnet20.onnx"), "--json", str(out))
+    rc, stdout, _ = run("analyze", os.path.join(trained_models, "resnet20.onnx"), "--json", str(out))
     assert rc == 0 and "prunable" in stdout
     data = json.loads(out.read_text())
     for g in data["groups"]:
@@ -38,12 +39,26 @@ def test_analyze_json_contract(shared_models, tmp_path):
     assert 0.95 < data["total"]["prunable_channel_fraction"] <= 1.0
 
 
-def test_prune_writes_model_and_report(shared_models, tmp_path):
-    src = os.path.join(shared_models, "resnet20_dynamo.onnx")
+def test_prune_writes_model_and_report(trained_models, tmp_path):
+    src = os.path.join(trained_models, "resnet20_dynamo.onnx")
     before = sha(src)
     out, rep = tmp_path / "p.onnx", tmp_path / "r.json"
-    rc, stdout, stderr = run("prune", src, "-o", str(out), "--ratio", "0.5", "--criterion", "l2",
-                             "--round-to", "4", "--report", str(rep), "--save-plan", str(tmp_path / "plan.json"))
+    rc, stdout, stderr = run(
+        "prune",
+        src,
+        "-o",
+        str(out),
+        "--ratio",
+        "0.5",
+        "--criterion",
+        "l2",
+        "--round-to",
+        "4",
+        "--report",
+        str(rep),
+        "--save-plan",
+        str(tmp_path / "plan.json"),
+    )
     assert rc == 0, stderr
     assert sha(src) == before  # the input model is never modified
     r = json.loads(rep.read_text())
@@ -111,12 +126,28 @@ def test_interrupt_leaves_no_partial_file(tmp_path, shared_models):
     """Ctrl-C in the middle of a long run: exit 130, one line, nothing in the output folder."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    p = subprocess.Popen([sys.executable, "-m", "onnxprune", "prune", os.path.join(shared_models, "vgg11.onnx"),
-                          "-o", str(out_dir / "o.onnx"), "--criterion", "apoz", "--no-reconstruct",
-                          "--calib", "random:1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         # a shell's background jobs inherit SIGINT ignored (CI runners may start us so); a
-                         # terminal's Ctrl-C reaches a process with the default disposition
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onnxprune",
+            "prune",
+            os.path.join(shared_models, "vgg11.onnx"),
+            "-o",
+            str(out_dir / "o.onnx"),
+            "--criterion",
+            "apoz",
+            "--no-reconstruct",
+            "--calib",
+            "random:1000000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell's background jobs inherit SIGINT ignored (CI runners may start us so); a
+        # terminal's Ctrl-C reaches a process with the default disposition
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     # a long stream of small onnxruntime calls: Python sees the signal between two of them
     time.sleep(20)  # past the imports (1 s idle, several on a loaded machine), inside the calibration pass
     assert p.poll() is None, p.communicate()
@@ -132,14 +163,14 @@ def test_debug_shows_traceback(tmp_path):
     assert rc != 0 and "Traceback" in stderr
 
 
-def test_external_data_model_loads_and_prunes(tmp_path, shared_models):
-    src = os.path.join(shared_models, "vgg11_dynamo.onnx")
+def test_external_data_model_loads_and_prunes(tmp_path, trained_models):
+    src = os.path.join(trained_models, "resnet20_dynamo.onnx")
     d = tmp_path / "copy"
     d.mkdir()
     shutil.copy(src, d)
     shutil.copy(src + ".data", d)
     out = tmp_path / "o.onnx"
-    rc, _, stderr = run("prune", str(d / "vgg11_dynamo.onnx"), "-o", str(out), "--external-data")
+    rc, _, stderr = run("prune", str(d / "resnet20_dynamo.onnx"), "-o", str(out), "--external-data")
     assert rc == 0, stderr
     assert (tmp_path / "o.onnx.data").exists()
     m = onnx.load(str(out))

@@ -1,4 +1,5 @@
 """Criteria that look at weights or data, and the data sources they read."""
+
 from __future__ import annotations
 
 import os
@@ -6,9 +7,9 @@ import os
 import numpy as np
 import onnx
 import pytest
+from graphs import G
 
 import onnxprune
-from graphs import G
 from onnxprune.errors import OnnxPruneError
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_256.npz")
@@ -49,7 +50,7 @@ def test_dead_channel_has_apoz_one_and_goes_first():
     z, mag = activation_stats(rep.graph, rep.analysis, onnxprune.DataSpec("random:64", batch_size=16))
     src = rep.analysis.sources[0]
     assert z[src.base + 4] == 1.0 and mag[src.base + 4] == 0.0
-    assert np.all(z[src.base:src.base + 6][[0, 1, 2, 3, 5]] < 1.0)
+    assert np.all(z[src.base : src.base + 6][[0, 1, 2, 3, 5]] < 1.0)
     for crit in ("apoz", "mean-act"):
         _, r = onnxprune.prune(m, criterion=crit, ratio=0.2, data="random:64")
         assert removed(r) == [4]
@@ -83,15 +84,15 @@ def test_weak_layer_penalises_low_spread_layers():
 
     z = weak_layer(rep.graph, rep.analysis, nu=0.5)
     strong, weak = rep.analysis.sources[0], rep.analysis.sources[1]
-    zs, zw = z[strong.base:strong.base + 8], z[weak.base:weak.base + 8]
-    plain = weak_layer(rep.graph, rep.analysis, nu=1.0)[weak.base:weak.base + 8]
+    zs, zw = z[strong.base : strong.base + 8], z[weak.base : weak.base + 8]
+    plain = weak_layer(rep.graph, rep.analysis, nu=1.0)[weak.base : weak.base + 8]
     np.testing.assert_allclose(zw, 0.5 * plain)  # only the weak (low-spread) layer is scaled by nu
-    np.testing.assert_allclose(zs, weak_layer(rep.graph, rep.analysis, nu=1.0)[strong.base:strong.base + 8])
+    np.testing.assert_allclose(zs, weak_layer(rep.graph, rep.analysis, nu=1.0)[strong.base : strong.base + 8])
 
 
-def test_bn_criterion_needs_batchnorm(shared_models):
+def test_bn_criterion_needs_batchnorm(trained_models):
     with pytest.raises(OnnxPruneError, match="no BatchNormalization"):
-        onnxprune.prune(os.path.join(shared_models, "resnet20.onnx"), criterion="bn")
+        onnxprune.prune(os.path.join(trained_models, "resnet20.onnx"), criterion="bn")
     b = G()
     a = b.op("Relu", [b.bn(b.conv(b.x, 4, 8, name="a"), 8)])
     b.output(b.conv(a, 8, 2))
@@ -102,26 +103,32 @@ def test_bn_criterion_needs_batchnorm(shared_models):
     assert removed(r) == sorted(np.argsort(np.abs(g))[:2].tolist())
 
 
-def test_eval_matches_published_accuracy(shared_models):
-    acc = onnxprune.evaluate(os.path.join(shared_models, "resnet20.onnx"), SAMPLES)
+def test_eval_matches_published_accuracy(trained_models):
+    acc = onnxprune.evaluate(os.path.join(trained_models, "resnet20.onnx"), SAMPLES)
     assert acc["samples"] == 256 and acc["top1"] > 85
-    same = onnxprune.evaluate(os.path.join(shared_models, "resnet20.onnx"), SAMPLES,
-                              reference=os.path.join(shared_models, "resnet20_dynamo.onnx"))
+    same = onnxprune.evaluate(
+        os.path.join(trained_models, "resnet20.onnx"),
+        SAMPLES,
+        reference=os.path.join(trained_models, "resnet20_dynamo.onnx"),
+    )
     assert same["top1_agreement"] == 100.0 and same["max_abs_diff"] < 1e-3
 
 
-@pytest.mark.parametrize("source,match", [
-    ("random:0", "random:N"),
-    ("nowhere.npz", "not found"),
-    ("no.such.module:fn", "cannot import"),
-])
-def test_bad_data_sources(source, match, shared_models):
+@pytest.mark.parametrize(
+    "source,match",
+    [
+        ("random:0", "random:N"),
+        ("nowhere.npz", "not found"),
+        ("no.such.module:fn", "cannot import"),
+    ],
+)
+def test_bad_data_sources(source, match, trained_models):
     with pytest.raises(OnnxPruneError, match=match):
-        onnxprune.evaluate(os.path.join(shared_models, "resnet20.onnx"), source)
+        onnxprune.evaluate(os.path.join(trained_models, "resnet20.onnx"), source)
 
 
-def test_data_shape_dtype_and_nan_errors(tmp_path, shared_models):
-    model = os.path.join(shared_models, "resnet20.onnx")
+def test_data_shape_dtype_and_nan_errors(tmp_path, trained_models):
+    model = os.path.join(trained_models, "resnet20.onnx")
     np.savez(tmp_path / "wrong.npz", input=np.zeros((4, 3, 28, 28), np.float32))
     with pytest.raises(OnnxPruneError, match=r"has shape 4x3x28x28, the model expects \?x1x28x28"):
         onnxprune.evaluate(model, str(tmp_path / "wrong.npz"))
@@ -135,7 +142,7 @@ def test_data_shape_dtype_and_nan_errors(tmp_path, shared_models):
         onnxprune.evaluate(model, str(tmp_path / "nan.npz"))
 
 
-def test_image_folder_and_reader(tmp_path, shared_models):
+def test_image_folder_and_reader(tmp_path, trained_models):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -143,7 +150,7 @@ def test_image_folder_and_reader(tmp_path, shared_models):
         os.makedirs(tmp_path / cls)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
-    model = os.path.join(shared_models, "resnet20.onnx")
+    model = os.path.join(trained_models, "resnet20.onnx")
     res = onnxprune.evaluate(model, onnxprune.DataSpec(str(tmp_path), batch_size=4, mean=(0.286,), std=(0.353,)))
     assert res["samples"] == 6 and "top1" in res
 
@@ -179,16 +186,17 @@ def test_thinet_removes_a_duplicate_and_least_squares_restores_the_output():
 
     feeds = feeds_for(m, seed=7)
     np.testing.assert_allclose(outputs(pruned, feeds)[0], outputs(m, feeds)[0], rtol=1e-4, atol=1e-4)
-    unscaled, _ = onnxprune.prune(m, criterion="thinet", ratio=0.2, data="random:64", samples=500, rescale=False,
-                                  reconstruct=False)
+    unscaled, _ = onnxprune.prune(
+        m, criterion="thinet", ratio=0.2, data="random:64", samples=500, rescale=False, reconstruct=False
+    )
     assert not np.allclose(outputs(unscaled, feeds)[0], outputs(m, feeds)[0], atol=1e-3)
 
 
-def test_thinet_beats_l1_on_a_trained_model(shared_models):
+def test_thinet_beats_l1_on_a_trained_model(trained_models):
     """The literature's claim, calibrated on 256 training images and measured on 256 test images: ThiNet +
     least squares keeps far more accuracy than L1 at the same plan size (resnet20, 30% of every group,
     ~47% fewer MACs)."""
-    model = os.path.join(shared_models, "resnet20.onnx")
+    model = os.path.join(trained_models, "resnet20.onnx")
     acc = {}
     for crit in ("thinet", "l1"):
         pruned, r = onnxprune.prune(model, criterion=crit, ratio=0.3, data=CALIB, samples=1000, reconstruct=False)
@@ -213,7 +221,7 @@ def test_unreachable_target_is_a_clear_error(tmp_path):
         onnxprune.prune(b.model(), target_macs=0.05)
 
 
-def test_taylor_matches_a_finite_difference_of_the_loss(shared_models):
+def test_taylor_matches_a_finite_difference_of_the_loss(trained_models):
     """sum over a channel of activation x gradient = dL/d(s) for the channel scaled by s, at s = 1."""
     import torch
 
@@ -221,7 +229,7 @@ def test_taylor_matches_a_finite_difference_of_the_loss(shared_models):
     from onnxprune.criteria.taylor import _loss, first_order_terms
     from onnxprune.torch_eval import TorchGraph
 
-    rep = onnxprune.analyze(os.path.join(shared_models, "resnet20.onnx"))
+    rep = onnxprune.analyze(os.path.join(trained_models, "resnet20.onnx"))
     data = np.load(SAMPLES)
     feeds, labels = {"input": data["input"][:16].astype(np.float64)}, data["labels"][:16]
     tg = TorchGraph(rep.graph.model, rep.graph.consts)
@@ -242,16 +250,17 @@ def test_taylor_matches_a_finite_difference_of_the_loss(shared_models):
                 return v * m.reshape(1, -1, *([1] * (v.dim() - 2)))
 
             with torch.no_grad():  # central difference: the second-order term cancels
-                down = _loss(torch, tg.run(feeds, edit={name: lambda v: scaled(v, f=1 - eps)})[0][0], labels).item()
-                up = _loss(torch, tg.run(feeds, edit={name: lambda v: scaled(v, f=1 + eps)})[0][0], labels).item()
+                lo = tg.run(feeds, edit={name: lambda v, eps=eps: scaled(v, f=1 - eps)})[0][0]
+                hi = tg.run(feeds, edit={name: lambda v, eps=eps: scaled(v, f=1 + eps)})[0][0]
+                down, up = _loss(torch, lo, labels).item(), _loss(torch, hi, labels).item()
             fd = (down - up) / (2 * eps)
             assert -fd == pytest.approx(total, rel=0.02, abs=1e-6), (name, c)
             checked += 1
     assert checked == 6
 
 
-def test_taylor_prunes_and_prefers_informative_channels(shared_models):
-    model = os.path.join(shared_models, "resnet20.onnx")
+def test_taylor_prunes_and_prefers_informative_channels(trained_models):
+    model = os.path.join(trained_models, "resnet20.onnx")
     acc = {}
     for crit in ("taylor", "random"):
         pruned, _ = onnxprune.prune(model, criterion=crit, ratio=0.1, data=CALIB, reconstruct=False)

@@ -4,6 +4,7 @@ Every mutated model must either prune into a model that checks and runs, or fail
 (exit 1/2) and leave the output folder empty. Exit 3 (an internal error: a bug) fails the test. The CLI
 runs in-process so that 200+ cases fit in CI; derandomised, so a failure reproduces.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,11 +15,11 @@ import tempfile
 import numpy as np
 import onnx
 import pytest
+from graphs import G
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from graphs import G
 from onnxprune.cli.main import main
 from onnxprune.runtime import run_model
 
@@ -63,8 +64,21 @@ def _mutate(model: onnx.ModelProto, data) -> tuple[onnx.ModelProto, str]:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    kind = data.draw(st.sampled_from(["drop node", "attribute", "input shape", "initializer dims",
-                                      "initializer values", "op type", "rewire", "opset", "output"]))
+    kind = data.draw(
+        st.sampled_from(
+            [
+                "drop node",
+                "attribute",
+                "input shape",
+                "initializer dims",
+                "initializer values",
+                "op type",
+                "rewire",
+                "opset",
+                "output",
+            ]
+        )
+    )
     if kind == "drop node":
         del g.node[data.draw(st.integers(0, len(g.node) - 1))]
     elif kind == "attribute":
@@ -102,13 +116,20 @@ def _mutate(model: onnx.ModelProto, data) -> tuple[onnx.ModelProto, str]:
         else:
             if arr.size and np.issubdtype(arr.dtype, np.floating):
                 arr.flat[data.draw(st.integers(0, arr.size - 1))] = data.draw(
-                    st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e30]))
-            t.CopyFrom(numpy_helper.from_array(arr.astype(data.draw(st.sampled_from([arr.dtype, np.float16,
-                                                                                      np.int64]))), t.name))
+                    st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1e30])
+                )
+            t.CopyFrom(
+                numpy_helper.from_array(
+                    arr.astype(data.draw(st.sampled_from([arr.dtype, np.float16, np.int64]))), t.name
+                )
+            )
     elif kind == "op type":
         node = g.node[data.draw(st.integers(0, len(g.node) - 1))]
-        node.op_type = data.draw(st.sampled_from(["Relu", "Sigmoid", "Add", "Mul", "Conv", "ConvTranspose",
-                                                  "Identity", "Concat", "NoSuchOp"]))
+        node.op_type = data.draw(
+            st.sampled_from(
+                ["Relu", "Sigmoid", "Add", "Mul", "Conv", "ConvTranspose", "Identity", "Concat", "NoSuchOp"]
+            )
+        )
     elif kind == "rewire":
         node = g.node[data.draw(st.integers(0, len(g.node) - 1))]
         names = [g.input[0].name] + [o for n in g.node for o in n.output] + [t.name for t in g.initializer]
@@ -134,8 +155,13 @@ def _run_cli(args: list[str]) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
-@settings(max_examples=CASES, deadline=None, derandomize=os.environ.get("ONNXPRUNE_FUZZ_EXPLORE") is None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=CASES,
+    deadline=None,
+    derandomize=os.environ.get("ONNXPRUNE_FUZZ_EXPLORE") is None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(data=st.data())
 def test_cli_on_mutated_graphs(data):
     base = data.draw(st.sampled_from(range(len(BASES))))
@@ -154,7 +180,10 @@ def test_cli_on_mutated_graphs(data):
         out = os.path.join(out_dir, "o.onnx")
         rc, err = _run_cli(["prune", src, "-o", out, "--ratio", ratio, "--criterion", "l1"])
         where = f"base {base}, mutations {kinds}: rc {rc}, stderr {err!r}"
-        event(f"exit {rc}" + (f": {kinds[0].split()[0]} {err.strip()[:90]}" if os.environ.get("ONNXPRUNE_FUZZ_EXPLORE") else ""))
+        event(
+            f"exit {rc}"
+            + (f": {kinds[0].split()[0]} {err.strip()[:90]}" if os.environ.get("ONNXPRUNE_FUZZ_EXPLORE") else "")
+        )
         if rc not in (0, 1, 2) and os.environ.get("ONNXPRUNE_FUZZ_DUMP"):
             onnx.save(model, os.environ["ONNXPRUNE_FUZZ_DUMP"])
         assert rc in (0, 1, 2), where  # 3 is an internal error: a bug

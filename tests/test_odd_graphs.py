@@ -1,14 +1,15 @@
 """Odd but legal graphs: each must prune exactly (or freeze what it cannot prove) and run afterwards."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from graphs import G
+from helpers import feeds_for, outputs
 from onnx import TensorProto, helper
 
 import onnxprune
-from graphs import G
-from helpers import feeds_for, outputs
 from onnxprune.runtime import run_model
 
 

@@ -1,5 +1,6 @@
 """Recovery: least-squares reconstruction, bias compensation, statistics recalibration, distillation,
 and the prune -> reconstruct -> finetune -> quantize chain."""
+
 from __future__ import annotations
 
 import os
@@ -125,12 +126,12 @@ def test_recalibration_recomputes_remaining_batchnorm_statistics():
     np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
 
 
-def test_recalibration_matches_folded_layer_statistics_to_the_original(shared_models):
+def test_recalibration_matches_folded_layer_statistics_to_the_original(trained_models):
     """resnet20 has every BN folded: after recalibration each affected layer's kept output channels have the
     original's per-channel mean and variance on the calibration data (upstream layers already corrected)."""
     from onnxprune.recovery.passes import moments
 
-    path = os.path.join(shared_models, "resnet20.onnx")
+    path = os.path.join(trained_models, "resnet20.onnx")
     data = onnxprune.DataSpec(CALIB, batch_size=64, limit=128)
     pruned, rep = onnxprune.prune(path, "l1", ratio=0.3, data=data, reconstruct=False, recalibrate=True)
     changed = rep.recovery["recalibrated"]
@@ -138,15 +139,14 @@ def test_recalibration_matches_folded_layer_statistics_to_the_original(shared_mo
     graph = onnxprune.load(path)
     analysis = onnxprune.analyze(graph).analysis
     from onnxprune.data import batches
-    from onnxprune.plan import PruningPlan
-    from onnxprune.rewrite import Keep
+    from onnxprune.plan import Keep, PruningPlan
 
     keep = Keep(analysis, PruningPlan.from_json(rep.plan))
     outs = {n.name: n.output[0] for n in graph.model.graph.node if n.name in changed}
     b = batches(data, graph)
     orig = moments(graph.model, {o: 1 for o in outs.values()}, b)
     now = moments(pruned, {o: 1 for o in outs.values()}, b)
-    for name, out in list(outs.items())[:8]:
+    for out in list(outs.values())[:8]:
         labels = analysis.expected.get(out)
         kept = keep.along(labels, 1) if labels is not None else np.arange(len(orig[out][0]))
         np.testing.assert_allclose(now[out][0], orig[out][0][kept], rtol=1e-3, atol=1e-3)
@@ -168,20 +168,29 @@ def test_reconstruction_verifies_runs_and_recovers_accuracy(shared_models, model
     assert acc_fit >= acc_plain + 10, (acc_plain, acc_fit)
 
 
-def test_iterative_pruning_runs_recovery_after_every_step(shared_models):
-    path = os.path.join(shared_models, "resnet20.onnx")
-    _, rep = onnxprune.prune(path, "l1", target_macs=0.6, steps=2, data=onnxprune.DataSpec(CALIB, batch_size=64),
-                             recovery=FAST)
+def test_iterative_pruning_runs_recovery_after_every_step(trained_models):
+    path = os.path.join(trained_models, "resnet20.onnx")
+    _, rep = onnxprune.prune(
+        path, "l1", target_macs=0.6, steps=2, data=onnxprune.DataSpec(CALIB, batch_size=64), recovery=FAST
+    )
     names = rep.recovery["reconstructed"]
     assert len(names) > len(set(names))  # the same layers were refitted in both steps
 
 
-def test_distillation_lowers_held_out_kl(shared_models):
-    path = os.path.join(shared_models, "resnet20.onnx")
+def test_distillation_lowers_held_out_kl(trained_models):
+    path = os.path.join(trained_models, "resnet20.onnx")
     pruned, _ = onnxprune.prune(path, "l1", ratio=0.3)
     lines = []
-    res = onnxprune.finetune(pruned, path, onnxprune.DataSpec(CALIB, batch_size=32), epochs=1, lr=1e-3,
-                             eval_data=onnxprune.DataSpec(SAMPLES, batch_size=128), progress=False, log=lines.append)
+    res = onnxprune.finetune(
+        pruned,
+        path,
+        onnxprune.DataSpec(CALIB, batch_size=32),
+        epochs=1,
+        lr=1e-3,
+        eval_data=onnxprune.DataSpec(SAMPLES, batch_size=128),
+        progress=False,
+        log=lines.append,
+    )
     kl = [e["held_out_kl"] for e in res.epochs]
     assert kl[-1] < 0.7 * kl[0], kl
     assert len(lines) == 2 and lines[1].startswith("epoch 1: loss")
@@ -191,10 +200,10 @@ def test_distillation_lowers_held_out_kl(shared_models):
     assert [n.op_type for n in res.model.graph.node] == [n.op_type for n in onnxprune.load(pruned).model.graph.node]
 
 
-def test_chain_prune_reconstruct_finetune_quantize(shared_models, tmp_path):
+def test_chain_prune_reconstruct_finetune_quantize(trained_models, tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    path = os.path.join(shared_models, "resnet20.onnx")
+    path = os.path.join(trained_models, "resnet20.onnx")
     calib = onnxprune.DataSpec(CALIB, batch_size=32)
     pruned, _ = onnxprune.prune(path, "l1", target_macs=0.6, data=calib, recovery=FAST)
     tuned = onnxprune.finetune(pruned, path, calib, epochs=1, progress=False, log=lambda s: None).model
@@ -204,7 +213,7 @@ def test_chain_prune_reconstruct_finetune_quantize(shared_models, tmp_path):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input": x[i:i + 32]} for i in range(0, 128, 32)])
+            self.it = iter([{"input": x[i : i + 32]} for i in range(0, 128, 32)])
 
         def get_next(self):
             return next(self.it, None)
@@ -221,14 +230,28 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True)
 
 
-def test_cli_recovery_flags_and_finetune(shared_models, tmp_path):
-    path = os.path.join(shared_models, "resnet20.onnx")
+def test_cli_recovery_flags_and_finetune(trained_models, tmp_path):
+    path = os.path.join(trained_models, "resnet20.onnx")
     out = str(tmp_path / "p.onnx")
     r = _cli("prune", path, "-o", out, "--ratio", "0.3", "--reconstruct")
     assert r.returncode == 1 and "need calibration data" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not os.path.exists(out)
-    r = _cli("prune", path, "-o", out, "--ratio", "0.3", "--calib", CALIB, "--bias-compensation", "--recalibrate",
-             "--recon-samples", "2048", "--report", str(tmp_path / "r.json"))
+    r = _cli(
+        "prune",
+        path,
+        "-o",
+        out,
+        "--ratio",
+        "0.3",
+        "--calib",
+        CALIB,
+        "--bias-compensation",
+        "--recalibrate",
+        "--recon-samples",
+        "2048",
+        "--report",
+        str(tmp_path / "r.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert "recovery: bias compensated" in r.stdout
     import json
@@ -236,8 +259,22 @@ def test_cli_recovery_flags_and_finetune(shared_models, tmp_path):
     rec = json.load(open(tmp_path / "r.json"))["recovery"]
     assert rec["bias_compensated"] and rec["reconstructed"] and rec["recalibrated"]
     tuned = str(tmp_path / "t.onnx")
-    r = _cli("finetune", out, "--teacher", path, "--calib", CALIB, "--limit", "64", "-o", tuned, "--eval", SAMPLES,
-             "--json", str(tmp_path / "ft.json"))
+    r = _cli(
+        "finetune",
+        out,
+        "--teacher",
+        path,
+        "--calib",
+        CALIB,
+        "--limit",
+        "64",
+        "-o",
+        tuned,
+        "--eval",
+        SAMPLES,
+        "--json",
+        str(tmp_path / "ft.json"),
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch 1: loss" in r.stdout and os.path.exists(tuned)
     assert len(json.load(open(tmp_path / "ft.json"))["epochs"]) == 2

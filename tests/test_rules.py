@@ -4,14 +4,15 @@ Every test prunes with a plan and relies on prune()'s built-in verification (pru
 which raises otherwise) *and* checks the structure it expects: which groups exist, what is frozen, and
 the shapes of the rewritten parameters.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import onnxprune
 from graphs import G
 from helpers import feeds_for, outputs, random_plan, weight_shapes
+
+import onnxprune
 
 
 def group_of(report, node_name):
@@ -166,8 +167,11 @@ def test_channels_last_layernorm_and_matmul():
     b = G(shape=(1, 4, 5, 5))
     a = b.conv(b.x, 4, 8, name="a")
     t = b.op("Transpose", [a], perm=[0, 2, 3, 1])  # NHWC
-    ln = b.op("LayerNormalization", [t, b.const(np.random.rand(8).astype(np.float32) + 0.5),
-                                     b.const(np.random.rand(8).astype(np.float32))], axis=-1)
+    ln = b.op(
+        "LayerNormalization",
+        [t, b.const(np.random.rand(8).astype(np.float32) + 0.5), b.const(np.random.rand(8).astype(np.float32))],
+        axis=-1,
+    )
     h = b.op("Relu", [b.matmul(ln, 8, 16)])
     o = b.matmul(h, 16, 8)
     back = b.op("Transpose", [o], perm=[0, 3, 1, 2])
@@ -198,9 +202,22 @@ def test_se_block_couples_excitation_with_trunk():
 def test_decomposed_hardswish_and_per_channel_constants():
     b = G()
     a = b.conv(b.x, 4, 8, name="a")
-    hs = b.op("Div", [b.op("Mul", [a, b.op("Clip", [b.op("Add", [a, b.const(np.float32(3))]),
-                                                  b.const(np.float32(0)), b.const(np.float32(6))])]),
-                      b.const(np.float32(6))])
+    hs = b.op(
+        "Div",
+        [
+            b.op(
+                "Mul",
+                [
+                    a,
+                    b.op(
+                        "Clip",
+                        [b.op("Add", [a, b.const(np.float32(3))]), b.const(np.float32(0)), b.const(np.float32(6))],
+                    ),
+                ],
+            ),
+            b.const(np.float32(6)),
+        ],
+    )
     scaled = b.op("Mul", [hs, b.const(np.random.rand(1, 8, 1, 1).astype(np.float32))])
     pr = b.op("PRelu", [scaled, b.const(np.random.rand(8, 1, 1).astype(np.float32))])
     y = b.conv(pr, 8, 2, name="head")
@@ -268,7 +285,9 @@ def test_shape_read_of_channel_dim_freezes():
     sh = b.op("Shape", [a])
     c1 = b.op("Gather", [sh, b.ints(1)], axis=0)
     n0 = b.op("Gather", [sh, b.ints(0)], axis=0)
-    tgt = b.op("Concat", [b.op("Unsqueeze", [n0, b.ints([0])]), b.op("Unsqueeze", [c1, b.ints([0])]), b.ints([-1])], axis=0)
+    tgt = b.op(
+        "Concat", [b.op("Unsqueeze", [n0, b.ints([0])]), b.op("Unsqueeze", [c1, b.ints([0])]), b.ints([-1])], axis=0
+    )
     r = b.op("Reshape", [a, tgt])
     b.output(b.op("ReduceMax", [r], axes=[1], keepdims=0))
     rep = onnxprune.analyze(b.model())

@@ -1,15 +1,16 @@
 """Verification: no false alarm on correct rewrites whose float32 difference exceeds the fixed bound, and
 every deliberately wrong rewrite (shifted slice, dropped channel, wrong Slice/Concat offset) refused."""
+
 from __future__ import annotations
 
 import sys
 
 import numpy as np
 import pytest
-
-import onnxprune
 from graphs import G, compounding
 from helpers import random_plan, refuses_wrong_rewrites
+
+import onnxprune
 from onnxprune.errors import VerificationError
 from onnxprune.verify import RTOL32, RTOL64
 
@@ -69,8 +70,8 @@ def test_inconclusive_without_torch_is_refused_with_the_reason(deep, monkeypatch
 def test_float64_evaluation_matches_onnxruntime(deep):
     """The arbiter computes what onnxruntime computes (to float32 rounding) on the compounding model."""
     import torch
-
     from helpers import feeds_for, outputs
+
     from onnxprune.torch_eval import TorchGraph
 
     model, rep = deep

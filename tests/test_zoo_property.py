@@ -5,6 +5,7 @@ For random plans: the pruned model passes the checker, runs in onnxruntime, equa
 interface including the dynamic batch, and has fewer MACs and params. Ratio 0 is the identical function.
 The whole zoo (every classification architecture) runs in benchmarks/zoo.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,18 +13,29 @@ import os
 import numpy as np
 import onnx
 import pytest
+from helpers import feeds_for, outputs, random_plan, refuses_wrong_rewrites
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import onnxprune
-from helpers import feeds_for, outputs, random_plan
+from onnxprune import zoo
 from onnxprune.allocation.targets import counts_of
 
-pytest.importorskip("torchvision")
-from onnxprune import zoo  # noqa: E402
+pytestmark = pytest.mark.slow
 
-MODELS = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "densenet121",
-          "efficientnet_b0", "regnet_y_400mf", "googlenet", "mnasnet0_5", "convnext_tiny", "resnext50_32x4d"]
+MODELS = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "densenet121",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "googlenet",
+    "mnasnet0_5",
+    "convnext_tiny",
+    "resnext50_32x4d",
+]
 CASES = [(m, e) for m in MODELS for e in ("legacy", "dynamo")]
 _loaded: dict = {}
 
@@ -47,8 +59,10 @@ def coverage(report) -> float:
 
 def interface(model: onnx.ModelProto):
     def sig(vis):
-        return [(v.name, v.type.tensor_type.elem_type,
-                 [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in vis]
+        return [
+            (v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in vis
+        ]
 
     inits = {t.name for t in model.graph.initializer}
     return sig([i for i in model.graph.input if i.name not in inits]), sig(model.graph.output)
@@ -119,3 +133,25 @@ def test_torch_evaluation_matches_onnxruntime(zoo_dir, name, exporter):
     for a, b in zip(outputs(g.model, feeds), got):
         scale = max(1.0, float(np.abs(a).max()))
         assert float(np.abs(a - b.numpy()).max()) <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("name,exporter", CASES)
+def test_wrong_rewrites_are_refused(zoo_dir, name, exporter, monkeypatch):
+    """A shifted slice and a dropped channel in a weight (and a wrong Slice offset where the model has
+    channel Slices) are refused on every zoo model, whichever of float32 or float64 decides."""
+    _, rep = exported(zoo_dir, name, exporter)
+    applied = refuses_wrong_rewrites(monkeypatch, rep.graph, rep.analysis, random_plan(rep, 0, max_fraction=0.5))
+    assert {"shift", "drop"} <= set(applied)
+
+
+def test_convnext_dynamo_static_export_prunes_and_verifies(zoo_dir):
+    """dynamo at a static 1x3x224x224 lowers the final flatten to a Gather with [1, 768, 1, 1] constant
+    indices; the rewrite must keep their shape (it once flattened them and broke the Transpose after)."""
+    path = os.path.join(zoo_dir, "convnext_tiny_static.onnx")
+    if not os.path.exists(path):
+        zoo.export("convnext_tiny", path, dynamo=True, size=224, batch_dynamic=False, opset=18, batch=1)
+    pruned, r = onnxprune.prune(path, ratio=0.3, criterion="l1")
+    assert r.verification["passed"] and r.after.macs < 0.7 * r.before.macs
+    gathers = [n for n in pruned.graph.node if n.op_type == "Gather"]
+    inits = {t.name: t for t in pruned.graph.initializer}
+    assert any(len(inits[n.input[1]].dims) == 4 for n in gathers if n.input[1] in inits)

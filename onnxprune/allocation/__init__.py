@@ -1,5 +1,7 @@
 """How many channels each group loses."""
-from .feasible import emptied, restore_emptied
+
+from ..plan import emptied
+from .feasible import restore_emptied
 from .uniform import check_ratio, kept_count, uniform_plan
 
 __all__ = ["emptied", "restore_emptied", "check_ratio", "kept_count", "uniform_plan"]

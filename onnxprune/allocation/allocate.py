@@ -1,5 +1,6 @@
 """One entry point from allocation settings to a plan: uniform, global, PFEC-greedy, sensitivity-driven,
 or latency-aware, optionally searched to a MACs/params target."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,7 +11,10 @@ from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
 from .global_rank import NORMALISATIONS, global_plan, normalise
+from .latency import auto_round_to, check_target_latency, latency_plan_measured, latency_table
 from .pfec_greedy import check_strategy, greedy_plan
+from .sensitivity import ratios_from_sensitivity
+from .targets import plan_for_target
 from .uniform import check_ratio, check_rounding, kept_count, ratio_plan, uniform_plan
 
 
@@ -46,15 +50,19 @@ class Allocation:
         if len(targets) > 1:
             raise OnnxPruneError("give one of --target-macs, --target-params, --target-latency")
         if self.target_latency is not None:
-            from .latency import check_target_latency
-
             check_target_latency(self.target_latency)
         if (self.sensitivity is None) != (self.max_drop is None):
             raise OnnxPruneError("--sensitivity and --max-drop go together")
-        modes = [self.global_rank, self.strategy == "greedy", self.sensitivity is not None, self.target_latency is not None]
+        modes = [
+            self.global_rank,
+            self.strategy == "greedy",
+            self.sensitivity is not None,
+            self.target_latency is not None,
+        ]
         if sum(modes) > 1:
-            raise OnnxPruneError("--global, --strategy greedy, --sensitivity and --target-latency are separate "
-                                 "allocations; choose one")
+            raise OnnxPruneError(
+                "--global, --strategy greedy, --sensitivity and --target-latency are separate allocations; choose one"
+            )
         if self.sensitivity is not None and targets:
             raise OnnxPruneError("--sensitivity/--max-drop sets each group's ratio itself; drop the target")
 
@@ -62,51 +70,94 @@ class Allocation:
         return {k: v for k, v in asdict(self).items() if v is not None and k not in ("sensitivity", "latency_cache")}
 
 
-def allocate(graph, analysis: Analysis, scores: dict[int, np.ndarray], alloc: Allocation, criterion: str = "l1",
-             combine: str = "sum", progress: bool = False) -> PruningPlan:
+def allocate(
+    graph,
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    alloc: Allocation,
+    criterion: str = "l1",
+    combine: str = "sum",
+    progress: bool = False,
+    rewrite=None,
+) -> PruningPlan:
+    """``rewrite`` (the rewriter's ``apply_plan``) is needed by the allocations that time rewritten
+    models (``--target-latency``, ``--round-to auto``); the caller passes it, since allocation sits
+    below the rewrite layer."""
     alloc.check(criterion)
+    if rewrite is None and (alloc.round_to == 0 or alloc.target_latency is not None):
+        raise OnnxPruneError("--target-latency and --round-to auto time rewritten models: pass rewrite=apply_plan")
     round_to = alloc.round_to
     measured = {}
     if round_to == 0:
-        from .latency import auto_round_to
-
-        round_to, measured = auto_round_to(graph, analysis, alloc.backend, alloc.bench_batch, alloc.bench_threads)
+        round_to, measured = auto_round_to(
+            graph, analysis, alloc.backend, alloc.bench_batch, alloc.bench_threads, rewrite=rewrite
+        )
     if alloc.target_latency is not None:
-        from .latency import latency_plan_measured, latency_table
-
-        table = latency_table(graph, analysis, alloc.latency_cache, alloc.backend, alloc.bench_batch, alloc.bench_threads,
-                              round_to=round_to, min_channels=alloc.min_channels, progress=progress)
-        plan = latency_plan_measured(graph, analysis, normalise(scores, alloc.normalisation, alloc.nu), table,
-                                     alloc.target_latency, alloc.backend, alloc.bench_batch, alloc.bench_threads)
+        table = latency_table(
+            graph,
+            analysis,
+            alloc.latency_cache,
+            alloc.backend,
+            alloc.bench_batch,
+            alloc.bench_threads,
+            round_to=round_to,
+            min_channels=alloc.min_channels,
+            progress=progress,
+            rewrite=rewrite,
+        )
+        plan = latency_plan_measured(
+            graph,
+            analysis,
+            normalise(scores, alloc.normalisation, alloc.nu),
+            table,
+            alloc.target_latency,
+            alloc.backend,
+            alloc.bench_batch,
+            alloc.bench_threads,
+            rewrite=rewrite,
+        )
         plan.meta["latency_table_cached"] = table["cached"]
     elif alloc.sensitivity is not None:
-        from .sensitivity import ratios_from_sensitivity
-
         ratios = ratios_from_sensitivity(alloc.sensitivity, analysis, alloc.max_drop)
         plan = ratio_plan(analysis, scores, lambda gid: ratios.get(gid, 0.0), round_to, alloc.min_channels)
         plan.meta["group_ratios"] = {str(k): v for k, v in ratios.items()}
     else:
         if alloc.global_rank:
+
             def make(x):
-                return global_plan(analysis, scores, x, max_ratio=alloc.max_ratio, round_to=round_to,
-                                   min_channels=alloc.min_channels, normalisation=alloc.normalisation, nu=alloc.nu)
+                return global_plan(
+                    analysis,
+                    scores,
+                    x,
+                    max_ratio=alloc.max_ratio,
+                    round_to=round_to,
+                    min_channels=alloc.min_channels,
+                    normalisation=alloc.normalisation,
+                    nu=alloc.nu,
+                )
         elif alloc.strategy == "greedy":
             ord_ = 1 if criterion == "l1" else 2
 
             def make(x):
-                n = {g.id: g.channels - kept_count(g.channels, x, round_to, alloc.min_channels)
-                     for g in analysis.groups if g.prunable}
+                n = {
+                    g.id: g.channels - kept_count(g.channels, x, round_to, alloc.min_channels)
+                    for g in analysis.groups
+                    if g.prunable
+                }
                 return greedy_plan(graph, analysis, n, ord_, combine)
         else:
+
             def make(x):
                 return uniform_plan(analysis, scores, x, round_to, alloc.min_channels)
+
         metric = "macs" if alloc.target_macs is not None else "params" if alloc.target_params is not None else None
         if metric:
-            from .targets import plan_for_target
-
             target = alloc.target_macs if metric == "macs" else alloc.target_params
-            order = None if alloc.global_rank or alloc.strategy == "greedy" else \
-                _cheapest_first(normalise(scores, "l2", alloc.nu))
+            order = (
+                None
+                if alloc.global_rank or alloc.strategy == "greedy"
+                else _cheapest_first(normalise(scores, "l2", alloc.nu))
+            )
             plan, _, knob = plan_for_target(graph, analysis, make, target, metric, blend_order=order)
             plan.meta["ratio" if not alloc.global_rank else "fraction"] = knob
         else:

@@ -4,26 +4,13 @@ A group can lose most of its channels and still leave one Split part or Slice wi
 empty tensor that no runtime accepts). Allocation repairs such plans by restoring the best-scoring
 channel of each emptied tensor; the rewriter refuses any plan that still empties one.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from ..groups import Analysis
-from ..groups.labels import labelled_axes
-from ..plan import PruningPlan
-
-
-def emptied(analysis: Analysis, plan: PruningPlan) -> list[tuple[str, int]]:
-    """(tensor, axis) pairs the plan would leave with no channel."""
-    from ..rewrite import Keep
-
-    keep = Keep(analysis, plan)
-    out = []
-    for name, labels in analysis.expected.items():
-        for ax in labelled_axes(labels):
-            if keep.count(labels, ax) == 0:
-                out.append((name, ax))
-    return out
+from ..plan import PruningPlan, emptied
 
 
 def restore_emptied(analysis: Analysis, plan: PruningPlan, scores: dict[int, np.ndarray]) -> PruningPlan:

@@ -5,6 +5,7 @@ so the ranking first normalises each group's scores: ``l2`` divides by the group
 al. 2017), ``max`` by its maximum, ``weak-layer`` applies the weak-layer penalty (range-normalised, times
 nu for groups whose spread of scores is under half the mean spread), ``none`` keeps them.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,17 @@ def normalise(scores: dict[int, np.ndarray], how: str, nu: float = 0.9) -> dict[
     return out
 
 
-def global_plan(analysis: Analysis, scores: dict[int, np.ndarray], fraction: float, *, max_ratio: float = 0.9,
-                round_to: int = 1, min_channels: int = 1, normalisation: str = "l2", nu: float = 0.9) -> PruningPlan:
+def global_plan(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    fraction: float,
+    *,
+    max_ratio: float = 0.9,
+    round_to: int = 1,
+    min_channels: int = 1,
+    normalisation: str = "l2",
+    nu: float = 0.9,
+) -> PruningPlan:
     """Remove the ``fraction`` of all prunable channels with the lowest normalised scores, never more than
     ``max_ratio`` of a group; kept counts are then rounded up to multiples of ``round_to``."""
     check_rounding(round_to, min_channels)
@@ -64,8 +74,9 @@ def global_plan(analysis: Analysis, scores: dict[int, np.ndarray], fraction: flo
             n_remove[gid] += 1
             taken += 1
     chans = {g.id: g.channels for g in groups}
-    n_remove = {gid: chans[gid] - kept_count(chans[gid], n / chans[gid], round_to, min_channels)
-                for gid, n in n_remove.items()}
+    n_remove = {
+        gid: chans[gid] - kept_count(chans[gid], n / chans[gid], round_to, min_channels) for gid, n in n_remove.items()
+    }
     plan = plan_from_counts(analysis, norm, n_remove)
     unscored = [g.id for g in analysis.groups if g.prunable and g not in groups]
     if unscored:

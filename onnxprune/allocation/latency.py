@@ -16,6 +16,7 @@ latency) until the measurement meets the target (``latency_plan_measured``).
 The table is cached next to the model (``MODEL.latency.json``), keyed by the model's content, backend,
 batch, threads and runtime, so a second run reuses it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,12 @@ import tempfile
 
 import numpy as np
 
+from ..bench import BACKENDS, benchmark
 from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
+from ..progress import bar as progress_bar
+from ..save import save_json, save_model
 from .uniform import kept_count, plan_from_counts
 
 log = logging.getLogger(__name__)
@@ -43,20 +47,25 @@ def _widths(channels: int, points: int, round_to: int, min_channels: int) -> lis
     return sorted(w for w in ws if w < channels)
 
 
-def _time_variants(graph, analysis, plans: list[PruningPlan], backend: str, batch, threads: int, iters: int):
-    """Median ms of the original and of each plan's model, measured interleaved."""
-    from ..bench import benchmark
-    from ..rewrite import apply_plan
-    from ..save import save_model
+def _time_variants(graph, analysis, plans: list[PruningPlan], backend: str, batch, threads: int, iters: int, rewrite):
+    """Median ms of the original and of each plan's model, measured interleaved. ``rewrite`` (the
+    rewriter's ``apply_plan``) is passed in by the caller: allocation sits below the rewrite layer."""
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-lat-") as tmp:
         paths = [os.path.join(tmp, "original.onnx")]
         save_model(graph.model, paths[0])
         for k, plan in enumerate(plans):
             paths.append(os.path.join(tmp, f"v{k}.onnx"))
-            save_model(apply_plan(graph, analysis, plan), paths[-1])
-        rep = benchmark(paths, backend, batch=batch, input_shapes=dict(graph.input_shapes) if batch is None else None,
-                        threads=threads, warmup=2, iters=iters)
+            save_model(rewrite(graph, analysis, plan), paths[-1])
+        rep = benchmark(
+            paths,
+            backend,
+            batch=batch,
+            input_shapes=dict(graph.input_shapes) if batch is None else None,
+            threads=threads,
+            warmup=2,
+            iters=iters,
+        )
     return [m.stats["median_ms"] for m in rep.models]
 
 
@@ -65,10 +74,21 @@ def _narrow(analysis: Analysis, gid: int, width: int) -> PruningPlan:
     return plan_from_counts(analysis, {gid: -np.arange(g.channels, dtype=float)}, {gid: g.channels - width})
 
 
-def latency_table(graph, analysis: Analysis, cache_path: str | None, backend: str = "ort-cpu", batch: int | None = None,
-                  threads: int = 0, points: int = 8, round_to: int = 1, min_channels: int = 1, iters: int = 10,
-                  progress: bool = False) -> dict:
-    from ..bench import BACKENDS
+def latency_table(
+    graph,
+    analysis: Analysis,
+    cache_path: str | None,
+    backend: str = "ort-cpu",
+    batch: int | None = None,
+    threads: int = 0,
+    points: int = 8,
+    round_to: int = 1,
+    min_channels: int = 1,
+    iters: int = 10,
+    progress: bool = False,
+    *,
+    rewrite,
+) -> dict:
 
     runtime = BACKENDS[backend].describe()
     key = f"{_digest(graph.model)}|{backend}|{batch}|{threads}|{points}|{round_to}|{min_channels}|{runtime}"
@@ -83,14 +103,14 @@ def latency_table(graph, analysis: Analysis, cache_path: str | None, backend: st
     groups = [g for g in analysis.groups if g.prunable]
     bar = None
     if progress:
-        from ..progress import bar as progress_bar
-
         bar = progress_bar(total=len(groups), desc=f"latency table ({backend})", unit="group")
     table = {"original_ms": [], "groups": {}}
     for g in groups:
         ws = _widths(g.channels, points, round_to, min_channels)
         if ws:
-            ms = _time_variants(graph, analysis, [_narrow(analysis, g.id, w) for w in ws], backend, batch, threads, iters)
+            ms = _time_variants(
+                graph, analysis, [_narrow(analysis, g.id, w) for w in ws], backend, batch, threads, iters, rewrite
+            )
             # each group's row is relative to the original timed in the same interleaved run
             table["groups"][str(g.id)] = {"widths": ws + [g.channels], "saved_ms": [ms[0] - m for m in ms[1:]] + [0.0]}
             table["original_ms"].append(ms[0])
@@ -100,8 +120,6 @@ def latency_table(graph, analysis: Analysis, cache_path: str | None, backend: st
         bar.close()
     table["original_ms"] = float(np.median(table["original_ms"])) if table["original_ms"] else 0.0
     if cache_path and os.access(os.path.dirname(os.path.abspath(cache_path)), os.W_OK):
-        from ..save import save_json
-
         cache[key] = table
         save_json(cache, cache_path)
     elif cache_path:
@@ -114,7 +132,9 @@ def check_target_latency(target: float) -> None:
         raise OnnxPruneError(f"--target-latency must be in (0, 1], got {target}")
 
 
-def latency_plan(analysis: Analysis, scores: dict[int, np.ndarray], table: dict, keep_fraction: float) -> tuple[PruningPlan, float]:
+def latency_plan(
+    analysis: Analysis, scores: dict[int, np.ndarray], table: dict, keep_fraction: float
+) -> tuple[PruningPlan, float]:
     """Greedy by importance lost per millisecond saved; returns (plan, predicted fraction of the latency).
 
     ``keep_fraction`` is a budget in the table's (predicted) units; the closed loop may push it below
@@ -136,7 +156,7 @@ def latency_plan(analysis: Analysis, scores: dict[int, np.ndarray], table: dict,
                 gain = r["saved_ms"][j] - r["saved_ms"][i]
                 if gain <= 0:
                     continue
-                lost = float(order[gid][full - r["widths"][i]:full - r["widths"][j]].sum())
+                lost = float(order[gid][full - r["widths"][i] : full - r["widths"][j]].sum())
                 cand = (lost / gain, gid, j, gain)
                 if best is None or cand < best:
                     best = cand
@@ -152,9 +172,21 @@ def latency_plan(analysis: Analysis, scores: dict[int, np.ndarray], table: dict,
     return plan, pred
 
 
-def latency_plan_measured(graph, analysis: Analysis, scores: dict[int, np.ndarray], table: dict, target: float,
-                          backend: str = "ort-cpu", batch: int | None = None, threads: int = 0, iters: int = 20,
-                          tol: float = 0.02, rounds: int = 6) -> PruningPlan:
+def latency_plan_measured(
+    graph,
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    table: dict,
+    target: float,
+    backend: str = "ort-cpu",
+    batch: int | None = None,
+    threads: int = 0,
+    iters: int = 20,
+    tol: float = 0.02,
+    rounds: int = 6,
+    *,
+    rewrite,
+) -> PruningPlan:
     """Closed loop around ``latency_plan``: the returned plan's latency was measured, not predicted.
 
     Keeps the slowest plan whose measured latency is within ``tol`` of the target (or below);
@@ -167,7 +199,7 @@ def latency_plan_measured(graph, analysis: Analysis, scores: dict[int, np.ndarra
         plan, pred = latency_plan(analysis, scores, table, budget)
         if tried and plan.remove == tried[-1][3].remove:
             break  # the greedy cannot prune further (every group at its minimum width) or the budget stalled
-        ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters)
+        ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters, rewrite)
         measured = ms[1] / ms[0]
         tried.append((budget, pred, measured, plan))
         log.info("latency budget %.3f: predicted %.3f, measured %.3f", budget, pred, measured)
@@ -184,15 +216,32 @@ def latency_plan_measured(graph, analysis: Analysis, scores: dict[int, np.ndarra
         budget, pred, measured, plan = max(ok, key=lambda t: t[2])
     else:
         budget, pred, measured, plan = min(tried, key=lambda t: t[2])
-        log.warning("--target-latency %.3f not reached: the fastest plan measured %.3f of the original", target, measured)
-    plan.meta.update(predicted_latency=pred, measured_latency=measured, latency_budget=budget,
-                     latency_rounds=[{"budget": round(b, 4), "predicted": round(p, 4), "measured": round(m, 4)}
-                                     for b, p, m, _ in tried])
+        log.warning(
+            "--target-latency %.3f not reached: the fastest plan measured %.3f of the original", target, measured
+        )
+    plan.meta.update(
+        predicted_latency=pred,
+        measured_latency=measured,
+        latency_budget=budget,
+        latency_rounds=[
+            {"budget": round(b, 4), "predicted": round(p, 4), "measured": round(m, 4)} for b, p, m, _ in tried
+        ],
+    )
     return plan
 
 
-def auto_round_to(graph, analysis: Analysis, backend: str = "ort-cpu", batch: int | None = None, threads: int = 0,
-                  span: int = 32, iters: int = 10, candidates=(32, 16, 8, 4, 2)) -> tuple[int, dict]:
+def auto_round_to(
+    graph,
+    analysis: Analysis,
+    backend: str = "ort-cpu",
+    batch: int | None = None,
+    threads: int = 0,
+    span: int = 32,
+    iters: int = 10,
+    candidates=(32, 16, 8, 4, 2),
+    *,
+    rewrite,
+) -> tuple[int, dict]:
     """The channel multiple the runtime rewards, read off a measured staircase.
 
     The group with the most MACs is timed at every width from W down to W - span (W: a multiple of
@@ -205,7 +254,8 @@ def auto_round_to(graph, analysis: Analysis, backend: str = "ort-cpu", batch: in
     g = max(groups, key=lambda g: g.macs)
     top = max(span, (3 * g.channels // 4) // span * span)
     widths = list(range(top, top - span - 1, -1))
-    ms = _time_variants(graph, analysis, [_narrow(analysis, g.id, w) for w in widths], backend, batch, threads, iters)
+    plans = [_narrow(analysis, g.id, w) for w in widths]
+    ms = _time_variants(graph, analysis, plans, backend, batch, threads, iters, rewrite)
     lat = dict(zip(widths, ms[1:]))
     for m in candidates:
         steps = [w for w in widths if w % m == 0 and w - 1 in lat and w - m // 2 in lat]

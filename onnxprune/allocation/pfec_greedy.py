@@ -5,6 +5,7 @@ that are going away no longer looks important.
 Groups are visited in graph order (group ids follow it); each group's filters are scored with the
 input slices of the channels removed so far zeroed, then its lowest channels are removed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from ..criteria.registry import group_scores
 from ..errors import OnnxPruneError
 from ..groups import Analysis
-from ..plan import PruningPlan
+from ..plan import Keep, PruningPlan
 from .feasible import restore_emptied
 
 STRATEGIES = ("independent", "greedy")
@@ -32,9 +33,9 @@ def _masked_weight(graph, analysis, source, keep, actions) -> np.ndarray:
     return w
 
 
-def greedy_plan(graph, analysis: Analysis, n_remove: dict[int, int], ord_: int = 1,
-                combine: str = "sum") -> PruningPlan:
-    from ..rewrite import Keep
+def greedy_plan(
+    graph, analysis: Analysis, n_remove: dict[int, int], ord_: int = 1, combine: str = "sum"
+) -> PruningPlan:
 
     by_node: dict[tuple[str, int], list] = {}
     for act in analysis.actions:
@@ -56,7 +57,7 @@ def greedy_plan(graph, analysis: Analysis, n_remove: dict[int, int], ord_: int =
             k = list(node.input).index(s.weight)
             w = _masked_weight(graph, analysis, s, keep, by_node.get((s.node, k), []))
             f = np.moveaxis(w, s.axis, 0).reshape(s.n, -1)
-            atom_scores[s.base:s.base + s.n] = np.abs(f).sum(1) if ord_ == 1 else np.sqrt((f * f).sum(1))
+            atom_scores[s.base : s.base + s.n] = np.abs(f).sum(1) if ord_ == 1 else np.sqrt((f * f).sum(1))
         scores = group_scores(atom_scores, g.atoms, combine)
         if np.isnan(scores).any():
             continue

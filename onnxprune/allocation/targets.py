@@ -2,16 +2,17 @@
 global fraction of channels removed), counting on the rewritten model itself, so whatever the graph
 does (residual groups, concatenations, Flatten->Gemm blocks) the achieved figure is the real one.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..count import FLOAT_TYPES, Counts, count, node_macs
 from ..errors import OnnxPruneError
-from ..plan import PruningPlan
+from ..plan import Keep, PruningPlan
 
 METRICS = ("macs", "params")
 log = logging.getLogger(__name__)
@@ -25,14 +26,14 @@ def counts_of(graph, analysis, plan) -> Counts:
     sliced weight its removed rows. tests/test_allocation.py checks this against counting the rewritten
     model.
     """
-    from ..rewrite import Keep
 
     keep = Keep(analysis, plan)
     shapes = dict(graph.shapes)
     for name, labels in analysis.expected.items():
         if name in shapes:
-            shapes[name] = tuple(keep.count(labels, ax) if labels.shape[ax] > 1 else d
-                                 for ax, d in enumerate(shapes[name]))
+            shapes[name] = tuple(
+                keep.count(labels, ax) if labels.shape[ax] > 1 else d for ax, d in enumerate(shapes[name])
+            )
     # the rewriter gives each (node, input) it slices its own copy; the original stays while any
     # other consumer still reads it
     nodes = {n.name: n for n in graph.model.graph.node}
@@ -44,9 +45,16 @@ def counts_of(graph, analysis, plan) -> Counts:
                 pa = act.axis if act.param_axis is None else act.param_axis
                 shp = sliced.setdefault((act.node, act.input), list(graph.consts[w].shape))
                 shp[pa] = min(shp[pa], keep.count(act.labels, act.axis))
-    per = {n.name: node_macs(n, {**shapes, **{n.input[k]: tuple(sliced[(n.name, k)])
-                                              for k in range(len(n.input)) if (n.name, k) in sliced}})
-           for n in graph.model.graph.node}
+    per = {
+        n.name: node_macs(
+            n,
+            {
+                **shapes,
+                **{n.input[k]: tuple(sliced[(n.name, k)]) for k in range(len(n.input)) if (n.name, k) in sliced},
+            },
+        )
+        for n in graph.model.graph.node
+    }
     readers: dict[str, list[tuple[str, int]]] = {}
     for n in graph.model.graph.node:
         for k, i in enumerate(n.input):
@@ -63,9 +71,17 @@ def counts_of(graph, analysis, plan) -> Counts:
     return Counts(sum(per.values()), params, per)
 
 
-def plan_for_target(graph, analysis, make_plan: Callable[[float], PruningPlan], keep_fraction: float,
-                    metric: str = "macs", tolerance: float = 0.01, steps: int = 30, hi: float = 0.99,
-                    blend_order: Callable[[PruningPlan, PruningPlan], list[int]] | None = None):
+def plan_for_target(
+    graph,
+    analysis,
+    make_plan: Callable[[float], PruningPlan],
+    keep_fraction: float,
+    metric: str = "macs",
+    tolerance: float = 0.01,
+    steps: int = 30,
+    hi: float = 0.99,
+    blend_order: Callable[[PruningPlan, PruningPlan], list[int]] | None = None,
+):
     """The plan whose ``metric`` is closest to ``keep_fraction`` of the original (stops within ``tolerance``
     relative); returns (plan, achieved fraction, knob). Where the knob's steps jump over the target
     (uniform ratios with ``--round-to 8`` move every group at once), ``blend_order`` lets the two plans
@@ -100,23 +116,35 @@ def plan_for_target(graph, analysis, make_plan: Callable[[float], PruningPlan], 
         blended, bfrac = blend(above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction)
         if abs(bfrac - keep_fraction) < abs(frac - keep_fraction):
             plan, frac, knob = blended, bfrac, below[2]
-            plan.meta["blended"] = {"ratios": [above[2], below[2]],
-                                    "groups_at_higher_ratio": len(plan.meta.pop("_moved"))}
+            plan.meta["blended"] = {
+                "ratios": [above[2], below[2]],
+                "groups_at_higher_ratio": len(plan.meta.pop("_moved")),
+            }
     if abs(frac - keep_fraction) > 0.05:
         # a target is a request: the closest plan at or below it, with what it achieved, beats a refusal
         if frac > keep_fraction and below is not None:
             plan, frac, knob = below
         if frac > keep_fraction:
-            raise OnnxPruneError(f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups "
-                                 f"(closest: {frac:.3f})")
-        log.warning("no allocation lands within 5%% of %.3f of the %s; taking the closest at or below it: %.3f",
-                    keep_fraction, metric, frac)
+            raise OnnxPruneError(
+                f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups (closest: {frac:.3f})"
+            )
+        log.warning(
+            "no allocation lands within 5%% of %.3f of the %s; taking the closest at or below it: %.3f",
+            keep_fraction,
+            metric,
+            frac,
+        )
     plan.meta.update({f"target_{metric}": keep_fraction, f"achieved_{metric}": frac})
     return plan, frac, knob
 
 
-def blend(light: PruningPlan, heavy: PruningPlan, order: list[int], fraction: Callable[[PruningPlan], float],
-          keep_fraction: float) -> tuple[PruningPlan, float]:
+def blend(
+    light: PruningPlan,
+    heavy: PruningPlan,
+    order: list[int],
+    fraction: Callable[[PruningPlan], float],
+    keep_fraction: float,
+) -> tuple[PruningPlan, float]:
     """Groups take ``heavy``'s removals instead of ``light``'s, in ``order``, as long as the metric stays
     above ``keep_fraction`` (a group whose step would overshoot is passed over, a later, smaller one may
     fit); then the one further group that lands closest at or below the target. Removing channels never

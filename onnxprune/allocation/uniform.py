@@ -1,8 +1,9 @@
 """Per-group allocation: each prunable group loses its own fraction of channels (the same one: uniform)."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,15 +51,24 @@ def plan_from_counts(analysis: Analysis, scores: dict[int, np.ndarray], n_remove
     return restore_emptied(analysis, plan, scores)
 
 
-def ratio_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio_of: Callable[[int], float],
-               round_to: int = 1, min_channels: int = 1) -> PruningPlan:
+def ratio_plan(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    ratio_of: Callable[[int], float],
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> PruningPlan:
     check_rounding(round_to, min_channels)
-    n_remove = {g.id: g.channels - kept_count(g.channels, ratio_of(g.id), round_to, min_channels)
-                for g in analysis.groups if g.prunable}
+    n_remove = {
+        g.id: g.channels - kept_count(g.channels, ratio_of(g.id), round_to, min_channels)
+        for g in analysis.groups
+        if g.prunable
+    }
     return plan_from_counts(analysis, scores, n_remove)
 
 
-def uniform_plan(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
-                 min_channels: int = 1) -> PruningPlan:
+def uniform_plan(
+    analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, round_to: int = 1, min_channels: int = 1
+) -> PruningPlan:
     check_ratio(ratio)
     return ratio_plan(analysis, scores, lambda _: ratio, round_to, min_channels)

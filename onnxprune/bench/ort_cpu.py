@@ -1,4 +1,5 @@
 """onnxruntime CPU backend: one session per model, explicit threads, all graph optimisations on."""
+
 from __future__ import annotations
 
 import time

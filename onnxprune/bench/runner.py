@@ -1,4 +1,5 @@
 """Interleaved latency measurement: every model runs once per round, so machine noise hits them alike."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import onnx
 
 from ..errors import OnnxPruneError
 from ..load import random_feeds, resolve_input_shapes
+from ..progress import bar as progress_bar
 from . import ort_cpu, trt
 from .stats import speedup_ci, summarize
 
@@ -22,7 +24,7 @@ class ModelTiming:
     model: str
     input_shapes: dict
     stats: dict
-    speedup: float | None = None          # median(first model) / median(this model)
+    speedup: float | None = None  # median(first model) / median(this model)
     speedup_ci: tuple[float, float] | None = None
     seconds: list[float] = field(default_factory=list, repr=False)
 
@@ -46,15 +48,29 @@ class BenchReport:
         rows = [("model", "median ms", "p90 ms", "p99 ms", "mean ms", "items/s", "speedup (95% CI)")]
         for m in self.models:
             s = m.stats
-            sp = "1.00 (reference)" if m.speedup_ci is None else \
-                f"{m.speedup:.2f} ({m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f})"
-            rows.append((os.path.basename(m.model), f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}",
-                         f"{s['p99_ms']:.3f}", f"{s['mean_ms']:.3f}", f"{s['throughput_per_s']:.1f}", sp))
+            sp = (
+                "1.00 (reference)"
+                if m.speedup_ci is None
+                else f"{m.speedup:.2f} ({m.speedup_ci[0]:.2f}-{m.speedup_ci[1]:.2f})"
+            )
+            rows.append(
+                (
+                    os.path.basename(m.model),
+                    f"{s['median_ms']:.3f}",
+                    f"{s['p90_ms']:.3f}",
+                    f"{s['p99_ms']:.3f}",
+                    f"{s['mean_ms']:.3f}",
+                    f"{s['throughput_per_s']:.1f}",
+                    sp,
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         st = self.settings
-        lines.append(f"{self.runtime}; batch {st['batch']}, threads {st['threads'] or 'default'}, "
-                     f"{self.models[0].stats['runs']} interleaved runs each after {st['warmup']} warm-up; {self.machine}")
+        lines.append(
+            f"{self.runtime}; batch {st['batch']}, threads {st['threads'] or 'default'}, "
+            f"{self.models[0].stats['runs']} interleaved runs each after {st['warmup']} warm-up; {self.machine}"
+        )
         return "\n".join(lines)
 
 
@@ -63,7 +79,9 @@ def bench_shapes(path: str, batch: int | None, overrides: dict[str, tuple[int, .
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:
-        raise OnnxPruneError(f"cannot read {path}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        raise OnnxPruneError(
+            f"cannot read {path}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+        ) from None
     shapes = resolve_input_shapes(model, overrides)
     for inp in model.graph.input:
         if inp.name not in shapes or inp.name in overrides:
@@ -73,8 +91,10 @@ def bench_shapes(path: str, batch: int | None, overrides: dict[str, tuple[int, .
         if batch is not None and first_dynamic:
             shapes[inp.name] = (batch,) + tuple(shapes[inp.name][1:])
         elif batch not in (None, shapes[inp.name][0] if shapes[inp.name] else None):
-            raise OnnxPruneError(f"{os.path.basename(path)}: input '{inp.name}' has a fixed leading dim "
-                                 f"{shapes[inp.name][0]}; --batch {batch} cannot apply")
+            raise OnnxPruneError(
+                f"{os.path.basename(path)}: input '{inp.name}' has a fixed leading dim "
+                f"{shapes[inp.name][0]}; --batch {batch} cannot apply"
+            )
     return shapes
 
 
@@ -82,10 +102,21 @@ def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
-def benchmark(paths: list[str], backend: str = "ort-cpu", *, batch: int | None = None,
-              input_shapes: dict[str, tuple[int, ...]] | None = None, threads: int = 0, warmup: int = 10,
-              iters: int | None = 100, seconds: float | None = None, fp16: bool = False,
-              cache_dir: str | None = None, seed: int = 0, progress: bool = False) -> BenchReport:
+def benchmark(
+    paths: list[str],
+    backend: str = "ort-cpu",
+    *,
+    batch: int | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    threads: int = 0,
+    warmup: int = 10,
+    iters: int | None = 100,
+    seconds: float | None = None,
+    fp16: bool = False,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> BenchReport:
     """Time ``paths`` interleaved on ``backend``; speedups are against ``paths[0]``.
 
     The starting model rotates every round so no model always runs right after another one's
@@ -95,7 +126,11 @@ def benchmark(paths: list[str], backend: str = "ort-cpu", *, batch: int | None =
         raise OnnxPruneError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     if not paths:
         raise OnnxPruneError("no model to benchmark")
-    if (iters is None) == (seconds is None) or (iters is not None and iters < 2) or (seconds is not None and seconds <= 0):
+    if (
+        (iters is None) == (seconds is None)
+        or (iters is not None and iters < 2)
+        or (seconds is not None and seconds <= 0)
+    ):
         raise OnnxPruneError("give either --iters (at least 2) or --seconds (positive)")
     if warmup < 0 or threads < 0 or (batch is not None and batch < 1):
         raise OnnxPruneError("--warmup and --threads must be >= 0 and --batch >= 1")
@@ -119,10 +154,9 @@ def benchmark(paths: list[str], backend: str = "ort-cpu", *, batch: int | None =
         times: list[list[float]] = [[] for _ in paths]
         bar = None
         if progress:
-            from ..progress import bar as progress_bar
-
-            bar = progress_bar(total=iters if iters is not None else seconds, unit="round" if iters else "s",
-                               desc=f"bench {backend}")
+            bar = progress_bar(
+                total=iters if iters is not None else seconds, unit="round" if iters else "s", desc=f"bench {backend}"
+            )
         t0 = time.perf_counter()
         rnd = 0
         while True:
@@ -134,8 +168,9 @@ def benchmark(paths: list[str], backend: str = "ort-cpu", *, batch: int | None =
             if bar is not None:
                 bar.n = rnd if iters is not None else min(round(time.perf_counter() - t0, 1), seconds)
                 bar.refresh()
-            if (iters is not None and rnd >= iters) or (seconds is not None and time.perf_counter() - t0 >= seconds
-                                                        and rnd >= 2):
+            if (iters is not None and rnd >= iters) or (
+                seconds is not None and time.perf_counter() - t0 >= seconds and rnd >= 2
+            ):
                 break
         if bar is not None:
             bar.close()
@@ -154,6 +189,12 @@ def benchmark(paths: list[str], backend: str = "ort-cpu", *, batch: int | None =
         else:
             m.speedup = 1.0
         results.append(m)
-    settings = {"batch": eff_batch, "threads": threads, "warmup": warmup, "iters": iters, "seconds": seconds,
-                "fp16": fp16}
+    settings = {
+        "batch": eff_batch,
+        "threads": threads,
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "fp16": fp16,
+    }
     return BenchReport(backend, runtime, _machine(), settings, results)

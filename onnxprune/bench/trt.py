@@ -4,6 +4,7 @@ An engine is built from the ONNX file the way ``trtexec --onnx --shapes`` does (
 pinned to the benchmark shapes, FP32 or FP16), cached on disk with TensorRT's timing cache, and timed
 as GPU compute between two CUDA events after warm-up, which is what trtexec reports as "GPU Compute Time".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,8 +92,9 @@ def build_engine(path: str, shapes: dict[str, tuple[int, ...]], fp16: bool, cach
     trt, cudart = _modules()
     os.makedirs(cache_dir, exist_ok=True)
     gpu = _gpu_name(cudart)
-    key = hashlib.sha256(repr((_model_digest(path), sorted(shapes.items()), fp16, trt.__version__, gpu))
-                         .encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        repr((_model_digest(path), sorted(shapes.items()), fp16, trt.__version__, gpu)).encode()
+    ).hexdigest()[:32]
     engine_path = os.path.join(cache_dir, f"{key}.engine")
     if os.path.exists(engine_path):
         log.info("reusing engine %s", engine_path)
@@ -168,8 +170,10 @@ def prepare(path: str, feeds: dict[str, np.ndarray], fp16: bool = False, cache_d
         context.set_tensor_address(name, int(ptr))
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             host = np.ascontiguousarray(feeds[name].astype(dtype))
-            _ck(cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes,
-                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy")
+            _ck(
+                cudart.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
+                "cudaMemcpy",
+            )
     start = _ck(cudart.cudaEventCreate(), "cudaEventCreate")
     end = _ck(cudart.cudaEventCreate(), "cudaEventCreate")
 

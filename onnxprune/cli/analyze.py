@@ -1,14 +1,20 @@
 """``onnxprune analyze``: show the channel-dependency groups and what is prunable."""
+
 from __future__ import annotations
 
 import argparse
 
+from .. import analyze
+from ..save import save_json
 from .common import add_model_args, add_selection_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("analyze", help="list channel-dependency groups, prunable or frozen (with the reason)",
-                       description="Find channel-dependency groups and report which can be pruned.")
+    p = sub.add_parser(
+        "analyze",
+        help="list channel-dependency groups, prunable or frozen (with the reason)",
+        description="Find channel-dependency groups and report which can be pruned.",
+    )
     add_model_args(p)
     add_selection_args(p)
     p.add_argument("--json", metavar="FILE", help="write the analysis as JSON")
@@ -17,8 +23,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import analyze
-    from ..save import save_json
 
     report = analyze(args.model, args.input_shape, args.exclude)
     print(report.table(args.limit))

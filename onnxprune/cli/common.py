@@ -1,25 +1,43 @@
 """Argument groups shared by subcommands (Polygraphy style) and the error contract of the CLI."""
+
 from __future__ import annotations
 
 import argparse
 
+from ..data import DataSpec
+from ..errors import OnnxPruneError
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input ONNX model (external data is read from beside it)")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
-                   help="concrete shape for an input with dynamic dims (repeatable); a dynamic batch defaults to 1")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:1x3x224x224",
+        help="concrete shape for an input with dynamic dims (repeatable); a dynamic batch defaults to 1",
+    )
 
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--exclude", nargs="+", default=[], metavar="GLOB",
-                   help="freeze the groups whose source node names match any of these globs")
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="freeze the groups whose source node names match any of these globs",
+    )
 
 
 def add_data_args(p: argparse.ArgumentParser, flag: str = "--calib", required: bool = False) -> None:
     g = p.add_argument_group("data (calibration/evaluation)")
-    g.add_argument(flag, required=required, metavar="DATA",
-                   help="random:N | file.npz (arrays by input name, optional labels) | file.npy | a folder of "
-                        "images (class sub-folders = labels) | package.module:function returning feed dicts")
+    g.add_argument(
+        flag,
+        required=required,
+        metavar="DATA",
+        help="random:N | file.npz (arrays by input name, optional labels) | file.npy | a folder of "
+        "images (class sub-folders = labels) | package.module:function returning feed dicts",
+    )
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--limit", type=int, default=None, help="use at most this many samples")
     g.add_argument("--size", default=None, metavar="HxW", help="resize images to HxW (default: the model's input)")
@@ -30,8 +48,6 @@ def add_data_args(p: argparse.ArgumentParser, flag: str = "--calib", required: b
 
 
 def data_spec(args: argparse.Namespace, flag: str = "calib"):
-    from ..data import DataSpec
-    from ..errors import OnnxPruneError
 
     src = getattr(args, flag)
     if src is None:
@@ -44,5 +60,14 @@ def data_spec(args: argparse.Namespace, flag: str = "calib"):
         raise OnnxPruneError("--size is HxW and --mean/--std are comma-separated numbers") from None
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or any(s == 0 for s in std):
         raise OnnxPruneError("--batch-size and --limit must be positive and --std non-zero")
-    return DataSpec(src, batch_size=args.batch_size, limit=args.limit, size=size, mean=mean, std=std,
-                    channel_order=args.channel_order, layout=args.layout, seed=getattr(args, "seed", 0))
+    return DataSpec(
+        src,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        size=size,
+        mean=mean,
+        std=std,
+        channel_order=args.channel_order,
+        layout=args.layout,
+        seed=getattr(args, "seed", 0),
+    )

@@ -1,15 +1,22 @@
 """``onnxprune eval``: accuracy on labelled data and agreement with a reference model."""
+
 from __future__ import annotations
 
 import argparse
 import json
 
+from .. import evaluate
+from ..save import save_json
+from .common import add_data_args, add_model_args, data_spec
+
 
 def register(sub) -> None:
-    from .common import add_data_args, add_model_args
 
-    p = sub.add_parser("eval", help="top-1/top-5 on data; agreement, |diff| and KL against --reference",
-                       description="Evaluate a model on data (streamed).")
+    p = sub.add_parser(
+        "eval",
+        help="top-1/top-5 on data; agreement, |diff| and KL against --reference",
+        description="Evaluate a model on data (streamed).",
+    )
     add_model_args(p)
     add_data_args(p, "--data", required=True)
     p.add_argument("--reference", help="original model to compare against (top-1 agreement, |diff|, KL)")
@@ -18,9 +25,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import evaluate
-    from ..save import save_json
-    from .common import data_spec
 
     res = evaluate(args.model, data_spec(args, "data"), args.reference, args.input_shape, progress=True)
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in res.items()}))

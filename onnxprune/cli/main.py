@@ -3,6 +3,7 @@
 Exit codes: 0 success, 1 bad input or failed verification (one line on stderr), 2 usage error,
 3 internal error (a bug: re-run with --debug for the traceback), 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="onnxprune: warning: %(message)s")
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.WARNING, format="onnxprune: warning: %(message)s"
+    )
     try:
         return args.func(args)
     except OnnxPruneError as e:
@@ -56,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line, traceback with --debug
         if args.debug:
             raise
-        print(f"onnxprune: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-              f"(re-run with --debug and report it)", file=sys.stderr)
+        print(
+            f"onnxprune: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"(re-run with --debug and report it)",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -1,17 +1,28 @@
 """``onnxprune prune``: score, allocate, rewrite, verify, write."""
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 
+from .. import prune
+from ..allocation.allocate import Allocation
+from ..allocation.sensitivity import load_sensitivity
+from ..bench import benchmark
+from ..criteria import CRITERIA
 from ..errors import OnnxPruneError
+from ..load import parse_input_shapes
+from ..plan import PruningPlan
+from ..recovery import RecoveryOptions
+from ..report_markdown import markdown, plots
+from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
+from .common import add_data_args, add_model_args, add_selection_args, data_spec
 
 log = logging.getLogger(__name__)
 
 
 def _criteria_help() -> str:
-    from ..criteria import CRITERIA
 
     return "; ".join(f"{c.name}: {c.help}" for c in CRITERIA.values())
 
@@ -39,90 +50,167 @@ def _round_to(text: str) -> int:
 
 
 def register(sub) -> None:
-    from .common import add_data_args, add_model_args, add_selection_args
 
-    p = sub.add_parser("prune", help="prune channels and write a smaller model that verifies exact",
-                       description="Prune channels of an ONNX model. Every rewrite is verified against the original "
-                                   "with the removed channels masked out, unless --no-verify.")
+    p = sub.add_parser(
+        "prune",
+        help="prune channels and write a smaller model that verifies exact",
+        description="Prune channels of an ONNX model. Every rewrite is verified against the original "
+        "with the removed channels masked out, unless --no-verify.",
+    )
     add_model_args(p)
     add_selection_args(p)
     p.add_argument("-o", "--output", required=True, help="pruned model path (written atomically)")
     p.add_argument("--criterion", default="l1", help="channel importance: " + _criteria_help())
     p.add_argument("--ratio", type=_ratio, default=0.3, help="fraction of each prunable group's channels to remove")
     a = p.add_argument_group("allocation (how many channels each group loses)")
-    a.add_argument("--target-macs", type=float, default=None, metavar="F",
-                   help="instead of --ratio: keep this fraction of the MACs (search over the ratio or global threshold)")
-    a.add_argument("--target-params", type=float, default=None, metavar="F",
-                   help="instead of --ratio: keep this fraction of the parameters")
-    a.add_argument("--global", dest="global_rank", action="store_true",
-                   help="rank channels across groups after --normalise; --ratio is then the fraction of all prunable "
-                        "channels removed")
-    a.add_argument("--normalise", default="l2", choices=["none", "l2", "max", "weak-layer"],
-                   help="per-group score normalisation for --global and --target-latency (default l2, Molchanov et al.)")
+    a.add_argument(
+        "--target-macs",
+        type=float,
+        default=None,
+        metavar="F",
+        help="instead of --ratio: keep this fraction of the MACs (search over the ratio or global threshold)",
+    )
+    a.add_argument(
+        "--target-params",
+        type=float,
+        default=None,
+        metavar="F",
+        help="instead of --ratio: keep this fraction of the parameters",
+    )
+    a.add_argument(
+        "--global",
+        dest="global_rank",
+        action="store_true",
+        help="rank channels across groups after --normalise; --ratio is then the fraction of all prunable "
+        "channels removed",
+    )
+    a.add_argument(
+        "--normalise",
+        default="l2",
+        choices=["none", "l2", "max", "weak-layer"],
+        help="per-group score normalisation for --global and --target-latency (default l2, Molchanov et al.)",
+    )
     a.add_argument("--max-ratio", type=float, default=0.9, help="--global: never remove more of a group (default 0.9)")
-    a.add_argument("--strategy", default="independent", choices=["independent", "greedy"],
-                   help="l1/l2 (PFEC): greedy leaves out kernels reading channels already removed upstream")
-    a.add_argument("--sensitivity", metavar="FILE", help="sensitivity JSON from `onnxprune sensitivity`: each group "
-                   "gets the largest ratio whose measured drop stays under --max-drop")
-    a.add_argument("--max-drop", type=float, default=None, metavar="D",
-                   help="with --sensitivity: allowed drop per group (top-1 points, or agreement points without labels)")
-    a.add_argument("--steps", type=int, default=1, metavar="K",
-                   help="prune iteratively in K steps, re-scoring the partly pruned model between steps")
-    a.add_argument("--target-latency", type=float, default=None, metavar="F",
-                   help="keep this fraction of the latency measured on --backend (per-group latency table, cached "
-                        "as MODEL.latency.json)")
-    a.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "trt"], help="runtime for --target-latency "
-                   "and --round-to auto")
+    a.add_argument(
+        "--strategy",
+        default="independent",
+        choices=["independent", "greedy"],
+        help="l1/l2 (PFEC): greedy leaves out kernels reading channels already removed upstream",
+    )
+    a.add_argument(
+        "--sensitivity",
+        metavar="FILE",
+        help="sensitivity JSON from `onnxprune sensitivity`: each group "
+        "gets the largest ratio whose measured drop stays under --max-drop",
+    )
+    a.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="D",
+        help="with --sensitivity: allowed drop per group (top-1 points, or agreement points without labels)",
+    )
+    a.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        metavar="K",
+        help="prune iteratively in K steps, re-scoring the partly pruned model between steps",
+    )
+    a.add_argument(
+        "--target-latency",
+        type=float,
+        default=None,
+        metavar="F",
+        help="keep this fraction of the latency measured on --backend (per-group latency table, cached "
+        "as MODEL.latency.json)",
+    )
+    a.add_argument(
+        "--backend",
+        default="ort-cpu",
+        choices=["ort-cpu", "trt"],
+        help="runtime for --target-latency and --round-to auto",
+    )
     a.add_argument("--bench-threads", type=int, default=0, help="ort-cpu threads for latency measurements")
-    a.add_argument("--bench-batch", type=int, default=None, help="batch for latency measurements (default: the "
-                   "analysis shape)")
-    a.add_argument("--round-to", type=_round_to, default=1, metavar="N|auto",
-                   help="kept channels a multiple of N (8/16 for onnxruntime CPU and tensor cores); auto: read the "
-                        "multiple off a latency staircase measured on --backend")
+    a.add_argument(
+        "--bench-batch", type=int, default=None, help="batch for latency measurements (default: the analysis shape)"
+    )
+    a.add_argument(
+        "--round-to",
+        type=_round_to,
+        default=1,
+        metavar="N|auto",
+        help="kept channels a multiple of N (8/16 for onnxruntime CPU and tensor cores); auto: read the "
+        "multiple off a latency staircase measured on --backend",
+    )
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
-    p.add_argument("--combine", default="sum", choices=["sum", "mean", "max"],
-                   help="how the scores of a group's producers combine into one channel score (default: sum)")
+    p.add_argument(
+        "--combine",
+        default="sum",
+        choices=["sum", "mean", "max"],
+        help="how the scores of a group's producers combine into one channel score (default: sum)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for random scores and verification inputs")
     p.add_argument("--plan", metavar="FILE", help="replay a saved plan instead of scoring and allocating")
     p.add_argument("--save-plan", metavar="FILE", help="write the plan (which channels of which group) as JSON")
-    p.add_argument("--report", action="append", default=[], metavar="FILE",
-                   help="write the report: FILE.json for machines, FILE.md for people (per-group table, totals, "
-                        "PNG plots beside it); repeatable")
+    p.add_argument(
+        "--report",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="write the report: FILE.json for machines, FILE.md for people (per-group table, totals, "
+        "PNG plots beside it); repeatable",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the exactness check (not recommended)")
     p.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data (automatic over 2 GB)")
-    p.add_argument("--copy-unprunable", action="store_true",
-                   help="when the model has no prunable groups, still write OUTPUT (an unchanged copy)")
+    p.add_argument(
+        "--copy-unprunable",
+        action="store_true",
+        help="when the model has no prunable groups, still write OUTPUT (an unchanged copy)",
+    )
     p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
     p.add_argument("--samples", type=int, default=2000, help="ThiNet: reconstruction samples per consumer layer")
     p.add_argument("--no-rescale", action="store_true", help="ThiNet: skip the least-squares rescaling")
     r = p.add_argument_group("recovery without retraining (needs --calib)")
-    r.add_argument("--reconstruct", dest="reconstruct", action="store_true", default=None,
-                   help="least-squares refit of the kept weights and bias of every layer that lost inputs, layer by "
-                        "layer against the original's outputs (default: on when --calib is given)")
+    r.add_argument(
+        "--reconstruct",
+        dest="reconstruct",
+        action="store_true",
+        default=None,
+        help="least-squares refit of the kept weights and bias of every layer that lost inputs, layer by "
+        "layer against the original's outputs (default: on when --calib is given)",
+    )
     r.add_argument("--no-reconstruct", dest="reconstruct", action="store_false")
-    r.add_argument("--bias-compensation", action="store_true",
-                   help="fold the mean contribution of removed channels into the consumer's bias (exact for "
-                        "constant channels and consumers without zero padding)")
-    r.add_argument("--recalibrate", action="store_true",
-                   help="recompute remaining BatchNorm statistics; where BN was folded, match each affected layer's "
-                        "per-channel output mean and variance to the original's")
-    r.add_argument("--recon-samples", type=int, default=8192, metavar="N",
-                   help="sample positions per refitted layer (default 8192)")
-    r.add_argument("--ridge", type=float, default=1e-3,
-                   help="ridge strength towards the plain pruned weights, relative to the data scale (default 1e-3)")
+    r.add_argument(
+        "--bias-compensation",
+        action="store_true",
+        help="fold the mean contribution of removed channels into the consumer's bias (exact for "
+        "constant channels and consumers without zero padding)",
+    )
+    r.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="recompute remaining BatchNorm statistics; where BN was folded, match each affected layer's "
+        "per-channel output mean and variance to the original's",
+    )
+    r.add_argument(
+        "--recon-samples",
+        type=int,
+        default=8192,
+        metavar="N",
+        help="sample positions per refitted layer (default 8192)",
+    )
+    r.add_argument(
+        "--ridge",
+        type=float,
+        default=1e-3,
+        help="ridge strength towards the plain pruned weights, relative to the data scale (default 1e-3)",
+    )
     add_data_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import prune
-    from ..allocation.allocate import Allocation
-    from ..load import parse_input_shapes
-    from ..plan import PruningPlan
-    from ..recovery import RecoveryOptions
-    from ..report_markdown import markdown, plots
-    from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
-    from .common import data_spec
 
     check_output_path(args.output, [args.model])
     for r in args.report:
@@ -134,38 +222,78 @@ def run(args: argparse.Namespace) -> int:
     plan = PruningPlan.load(args.plan) if args.plan else None
     sens = None
     if args.sensitivity:
-        from ..allocation.sensitivity import load_sensitivity
-
         sens = load_sensitivity(args.sensitivity)
-    alloc = Allocation(ratio=args.ratio, round_to=args.round_to, min_channels=args.min_channels,
-                       global_rank=args.global_rank, normalisation=args.normalise, max_ratio=args.max_ratio,
-                       strategy=args.strategy, target_macs=args.target_macs, target_params=args.target_params,
-                       target_latency=args.target_latency, sensitivity=sens, max_drop=args.max_drop,
-                       backend=args.backend, bench_batch=args.bench_batch, bench_threads=args.bench_threads,
-                       latency_cache=os.path.splitext(args.model)[0] + ".latency.json", nu=args.nu)
+    alloc = Allocation(
+        ratio=args.ratio,
+        round_to=args.round_to,
+        min_channels=args.min_channels,
+        global_rank=args.global_rank,
+        normalisation=args.normalise,
+        max_ratio=args.max_ratio,
+        strategy=args.strategy,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        target_latency=args.target_latency,
+        sensitivity=sens,
+        max_drop=args.max_drop,
+        backend=args.backend,
+        bench_batch=args.bench_batch,
+        bench_threads=args.bench_threads,
+        latency_cache=os.path.splitext(args.model)[0] + ".latency.json",
+        nu=args.nu,
+    )
     if args.recon_samples < 1 or args.ridge < 0:
         raise OnnxPruneError("--recon-samples must be positive and --ridge non-negative")
-    recovery = RecoveryOptions(args.reconstruct, args.bias_compensation, args.recalibrate, args.recon_samples, args.ridge)
-    model, report = prune(args.model, args.criterion, exclude=args.exclude, input_shapes=args.input_shape,
-                          plan=plan, verify_rewrite=not args.no_verify, combine=args.combine, seed=args.seed,
-                          data=data_spec(args), nu=args.nu, samples=args.samples, rescale=not args.no_rescale,
-                          allocation=alloc, steps=args.steps, progress=not args.quiet, recovery=recovery)
+    recovery = RecoveryOptions(
+        args.reconstruct, args.bias_compensation, args.recalibrate, args.recon_samples, args.ridge
+    )
+    model, report = prune(
+        args.model,
+        args.criterion,
+        exclude=args.exclude,
+        input_shapes=args.input_shape,
+        plan=plan,
+        verify_rewrite=not args.no_verify,
+        combine=args.combine,
+        seed=args.seed,
+        data=data_spec(args),
+        nu=args.nu,
+        samples=args.samples,
+        rescale=not args.no_rescale,
+        allocation=alloc,
+        steps=args.steps,
+        progress=not args.quiet,
+        recovery=recovery,
+    )
     if not any(g["prunable"] for g in report.groups):
         if not args.copy_unprunable:
-            log.warning("no prunable groups: nothing to prune; no output written (--copy-unprunable writes an "
-                        "unchanged copy; `onnxprune analyze` shows why each group is frozen)")
+            log.warning(
+                "no prunable groups: nothing to prune; no output written (--copy-unprunable writes an "
+                "unchanged copy; `onnxprune analyze` shows why each group is frozen)"
+            )
             return 0
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
     save_model(model, args.output, external=args.external_data or None)
     measured = None
     if args.target_latency is not None:
-        from ..bench import benchmark
-
-        b = benchmark([args.model, args.output], args.backend, batch=args.bench_batch, threads=args.bench_threads,
-                      input_shapes=parse_input_shapes(args.input_shape), warmup=3, iters=30)
+        b = benchmark(
+            [args.model, args.output],
+            args.backend,
+            batch=args.bench_batch,
+            threads=args.bench_threads,
+            input_shapes=parse_input_shapes(args.input_shape),
+            warmup=3,
+            iters=30,
+        )
         m = b.models[1]
-        measured = {"backend": b.runtime, "original_ms": b.models[0].stats["median_ms"], "pruned_ms": m.stats["median_ms"],
-                    "fraction": 1 / m.speedup, "speedup": m.speedup, "speedup_ci": m.speedup_ci}
+        measured = {
+            "backend": b.runtime,
+            "original_ms": b.models[0].stats["median_ms"],
+            "pruned_ms": m.stats["median_ms"],
+            "fraction": 1 / m.speedup,
+            "speedup": m.speedup,
+            "speedup_ci": m.speedup_ci,
+        }
     files = {"input_bytes": size_on_disk(args.model), "output_bytes": size_on_disk(args.output)}
     for r in args.report:
         if r.lower().endswith(".md"):
@@ -178,12 +306,20 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary())
     rec = report.recovery
     if rec:
-        done = ", ".join(f"{k.replace('_', ' ')} {len(rec[k])} layers" for k in ("bias_compensated", "reconstructed",
-                                                                             "recalibrated") if k in rec)
-        print(f"recovery: {done}" + (f"; {len(rec['skipped'])} layers left as they are (see the report)"
-                                     if rec.get("skipped") else ""))
+        done = ", ".join(
+            f"{k.replace('_', ' ')} {len(rec[k])} layers"
+            for k in ("bias_compensated", "reconstructed", "recalibrated")
+            if k in rec
+        )
+        print(
+            f"recovery: {done}"
+            + (f"; {len(rec['skipped'])} layers left as they are (see the report)" if rec.get("skipped") else "")
+        )
     if measured:
-        print(f"latency on {measured['backend']}: {measured['original_ms']:.2f} ms -> {measured['pruned_ms']:.2f} ms "
-              f"({measured['fraction']:.2f} of the original, predicted {report.plan['meta'].get('predicted_latency', 1):.2f})")
+        print(
+            f"latency on {measured['backend']}: {measured['original_ms']:.2f} ms -> {measured['pruned_ms']:.2f} ms "
+            f"({measured['fraction']:.2f} of the original, "
+            f"predicted {report.plan['meta'].get('predicted_latency', 1):.2f})"
+        )
     print(f"wrote {args.output}")
     return 0

@@ -1,17 +1,26 @@
 """``onnxprune sensitivity``: prune one group at a time, measure the loss, write JSON, CSV and a plot."""
+
 from __future__ import annotations
 
 import argparse
 import os
 
+from .. import sensitivity
+from ..errors import OnnxPruneError
+from ..save import check_output_path, save_json, save_text
+from ..sensitivity_measure import plot, to_csv
+from .common import add_data_args, add_model_args, add_selection_args, data_spec
+
 
 def register(sub) -> None:
-    from .common import add_data_args, add_model_args, add_selection_args
 
-    p = sub.add_parser("sensitivity", help="prune one group at a time at several ratios and measure the loss",
-                       description="Sensitivity analysis (Li et al. 2017): for every prunable group and ratio, the "
-                                   "model with only that group pruned is evaluated on --eval (or --calib). Writes "
-                                   "OUT.json (for `prune --sensitivity`), OUT.csv and OUT.png.")
+    p = sub.add_parser(
+        "sensitivity",
+        help="prune one group at a time at several ratios and measure the loss",
+        description="Sensitivity analysis (Li et al. 2017): for every prunable group and ratio, the "
+        "model with only that group pruned is evaluated on --eval (or --calib). Writes "
+        "OUT.json (for `prune --sensitivity`), OUT.csv and OUT.png.",
+    )
     add_model_args(p)
     add_selection_args(p)
     add_data_args(p, "--calib", required=True)
@@ -25,11 +34,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import sensitivity
-    from ..allocation.sensitivity import plot, to_csv
-    from ..errors import OnnxPruneError
-    from ..save import check_output_path, save_json, save_text
-    from .common import data_spec
 
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
@@ -44,14 +48,26 @@ def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         ev = replace(calib, source=args.eval)
-    res = sensitivity(args.model, args.criterion, ratios, data=ev, calib=calib, exclude=args.exclude,
-                      input_shapes=args.input_shape, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
+    res = sensitivity(
+        args.model,
+        args.criterion,
+        ratios,
+        data=ev,
+        calib=calib,
+        exclude=args.exclude,
+        input_shapes=args.input_shape,
+        seed=args.seed,
+        jobs=args.jobs,
+        progress=not args.quiet,
+    )
     save_json(res, stem + ".json")
     save_text(to_csv(res), stem + ".csv")
     wrote = [stem + ".json", stem + ".csv"] + ([stem + ".png"] if plot(res, stem + ".png") else [])
     m = res["metric"]
-    print(f"baseline {m} {res['baseline'][m]:.2f} on {res['samples']} samples; {len(res['groups'])} groups x "
-          f"{len(res['ratios'])} ratios")
+    print(
+        f"baseline {m} {res['baseline'][m]:.2f} on {res['samples']} samples; {len(res['groups'])} groups x "
+        f"{len(res['ratios'])} ratios"
+    )
     for g in sorted(res["groups"], key=lambda g: -max(p["drop"] for p in g["points"]))[:10]:
         worst = max(g["points"], key=lambda p: p["drop"])
         print(f"  group {g['id']:3d} {g['sources'][0][:50]:50s} drop {worst['drop']:6.2f} at ratio {worst['ratio']}")

@@ -1,4 +1,5 @@
 """Channel-importance criteria, one module per family, all in one registry."""
+
 from . import activation, bn, geometry, norm, taylor, thinet  # noqa: F401  (each module registers its criteria)
 from .registry import CRITERIA, criterion, get_criterion, group_scores
 

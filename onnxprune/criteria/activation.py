@@ -6,11 +6,14 @@ plain chains, residual streams and concatenations. APoZ is the fraction of value
 zeros of a ReLU, and for smooth activations (SiLU, GELU, HardSwish) the share of their near-zero
 negative region. Batches stream through one session; only per-channel sums are kept.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
+from ..data import open_data
 from ..errors import OnnxPruneError
+from ..progress import bar
 from ..runtime import session_with_outputs
 from .registry import criterion
 
@@ -25,7 +28,6 @@ def consumed_tensors(graph, analysis) -> dict[str, np.ndarray]:
 
 def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
     """Per atom: (fraction of values <= 0, mean |value|) over all data; NaN where never consumed."""
-    from ..data import open_data
 
     if data is None:
         raise OnnxPruneError("this criterion needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")
@@ -34,7 +36,6 @@ def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
     sess = session_with_outputs(graph.model, names)
     n_atoms = len(analysis.roots)
     zeros, mags, counts = np.zeros(n_atoms), np.zeros(n_atoms), np.zeros(n_atoms)
-    from ..progress import bar
 
     for feeds, _ in bar(open_data(data, graph), desc="activation statistics", unit="batch"):
         for name, arr in zip(names, sess.run(names, feeds)):
@@ -52,8 +53,11 @@ def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
         return np.where(counts > 0, zeros / counts, np.nan), np.where(counts > 0, mags / counts, np.nan)
 
 
-@criterion("apoz", "1 - APoZ, the share of non-positive activations where channels are consumed "
-                   "(Hu et al. 2016); needs --calib", needs_data=True)
+@criterion(
+    "apoz",
+    "1 - APoZ, the share of non-positive activations where channels are consumed (Hu et al. 2016); needs --calib",
+    needs_data=True,
+)
 def apoz(graph, analysis, data=None, **_) -> np.ndarray:
     return 1.0 - activation_stats(graph, analysis, data)[0]
 

@@ -1,4 +1,5 @@
 """BN-scale (Liu et al., Network Slimming): |gamma| of the BatchNormalization that normalises a channel."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,13 +8,18 @@ from ..errors import OnnxPruneError
 from .registry import criterion
 
 
-@criterion("bn", "|gamma| of the channel's BatchNormalization (Network Slimming); needs BN nodes in the "
-                 "graph -- eval-mode exports usually fold BN into the convolutions")
+@criterion(
+    "bn",
+    "|gamma| of the channel's BatchNormalization (Network Slimming); needs BN nodes in the "
+    "graph -- eval-mode exports usually fold BN into the convolutions",
+)
 def bn_scale(graph, analysis, **_) -> np.ndarray:
     bns = {n.name for n in graph.model.graph.node if n.op_type == "BatchNormalization"}
     if not bns:
-        raise OnnxPruneError("criterion bn: the model has no BatchNormalization nodes (the exporter folded them "
-                             "into the convolutions, as eval-mode exports do); choose another criterion")
+        raise OnnxPruneError(
+            "criterion bn: the model has no BatchNormalization nodes (the exporter folded them "
+            "into the convolutions, as eval-mode exports do); choose another criterion"
+        )
     scores = np.full(len(analysis.roots), np.nan)
     nodes = {n.name: n for n in graph.model.graph.node}
     for act in analysis.actions:

@@ -5,6 +5,7 @@ distances to the layer's other filters: they are the most replaceable. The weak-
 those distances per layer, ``Z = R / (max R - min R + theta) * nu`` for layers whose spread of R is below
 half the mean spread across layers (x 1 otherwise), so a global ranking takes more from weak layers.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,17 +25,23 @@ def _per_source(graph, analysis) -> list[tuple[object, np.ndarray]]:
     return [(s, distance_sums(filter_matrix(graph, s))) for s in analysis.sources]
 
 
-@criterion("fpgm", "sum of distances to the layer's other filters: filters near the geometric median go "
-                   "first (He et al. 2019); no data needed")
+@criterion(
+    "fpgm",
+    "sum of distances to the layer's other filters: filters near the geometric median go "
+    "first (He et al. 2019); no data needed",
+)
 def fpgm(graph, analysis, **_) -> np.ndarray:
     scores = np.zeros(len(analysis.roots))
     for s, r in _per_source(graph, analysis):
-        scores[s.base:s.base + s.n] = r
+        scores[s.base : s.base + s.n] = r
     return scores
 
 
-@criterion("weak-layer", "FPGM distances normalised per layer and scaled by --nu for weak layers "
-                         "(low spread of distances); meant for global ranking; no data needed")
+@criterion(
+    "weak-layer",
+    "FPGM distances normalised per layer and scaled by --nu for weak layers "
+    "(low spread of distances); meant for global ranking; no data needed",
+)
 def weak_layer(graph, analysis, nu: float = 0.9, theta: float = 1e-8, **_) -> np.ndarray:
     per = _per_source(graph, analysis)
     spreads = np.array([r.std() for _, r in per]) if per else np.array([])
@@ -42,5 +49,5 @@ def weak_layer(graph, analysis, nu: float = 0.9, theta: float = 1e-8, **_) -> np
     scores = np.zeros(len(analysis.roots))
     for (s, r), spread in zip(per, spreads):
         z = r / (r.max() - r.min() + theta)
-        scores[s.base:s.base + s.n] = z * (nu if spread < threshold else 1.0)
+        scores[s.base : s.base + s.n] = z * (nu if spread < threshold else 1.0)
     return scores

@@ -1,4 +1,5 @@
 """Filter-norm criteria (Li et al., "Pruning Filters for Efficient ConvNets", 2017)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ def _norms(graph, analysis, ord_: int) -> np.ndarray:
     scores = np.zeros(len(analysis.roots))
     for s in analysis.sources:
         f = filter_matrix(graph, s)
-        scores[s.base:s.base + s.n] = np.abs(f).sum(1) if ord_ == 1 else np.sqrt((f * f).sum(1))
+        scores[s.base : s.base + s.n] = np.abs(f).sum(1) if ord_ == 1 else np.sqrt((f * f).sum(1))
     return scores
 
 

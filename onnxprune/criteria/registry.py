@@ -1,8 +1,9 @@
 """Criteria registry: a criterion scores every source atom (higher = more important)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -7,11 +7,15 @@ labels. Without labels, the KL divergence to the original model's soft outputs h
 unpruned model (the two distributions are equal), so the label-free loss is the KL divergence to the
 original's *hard* outputs, i.e. cross-entropy against its own top-1.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
+from ..data import open_data
 from ..errors import OnnxPruneError
+from ..progress import bar
+from ..torch_eval import TorchGraph
 from .activation import consumed_tensors
 from .registry import criterion
 
@@ -41,14 +45,14 @@ def first_order_terms(tg, feeds, labels, tensors) -> dict[str, np.ndarray]:
     return res
 
 
-@criterion("taylor", "|activation x gradient| where channels are consumed, from a torch backprop pass, "
-                     "L2-normalised per layer (Molchanov et al. 2017); labels -> cross-entropy, else the "
-                     "original's top-1; needs --calib and torch", needs_data=True)
+@criterion(
+    "taylor",
+    "|activation x gradient| where channels are consumed, from a torch backprop pass, "
+    "L2-normalised per layer (Molchanov et al. 2017); labels -> cross-entropy, else the "
+    "original's top-1; needs --calib and torch",
+    needs_data=True,
+)
 def taylor(graph, analysis, data=None, **_) -> np.ndarray:
-    from ..progress import bar
-
-    from ..data import open_data
-    from ..torch_eval import TorchGraph
 
     if data is None:
         raise OnnxPruneError("taylor needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")

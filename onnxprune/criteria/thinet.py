@@ -7,6 +7,7 @@ output value, so the output is sum_c x_hat[c]. Channels are removed greedily so 
 removed contributions stays smallest (the paper's objective); the criterion's score is the greedy order.
 After the rewrite, ``rescale`` solves min_w ||y - X_kept w||^2 per consumer and scales its weights.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..data import open_data
 from ..errors import OnnxPruneError
 from ..groups.rules._util import attr
+from ..plan import Keep
+from ..progress import bar
 from ..runtime import session_with_outputs
 from .registry import criterion
 
@@ -31,7 +35,9 @@ def _consumers(graph, analysis):
         node = nodes[node_name]
         if k != 0 or node.op_type not in SUPPORTED or graph.const(node.input[1]) is None:
             continue
-        if node.op_type == "Conv" and (int(attr(node, "group", 1)) != 1 or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+        if node.op_type == "Conv" and (
+            int(attr(node, "group", 1)) != 1 or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+        ):
             continue
         if node.op_type == "Gemm" and int(attr(node, "transA", 0)):
             continue
@@ -52,7 +58,9 @@ def _conv_samples(node, x, w, out_shape, m, rng):
     v = rng.integers(0, out_shape[3], m)
     rows = h[:, None] * sh + np.arange(kh)[None] * dh  # m x kh
     cols = v[:, None] * sw + np.arange(kw)[None] * dw  # m x kw
-    patch = xp[n[:, None, None, None], np.arange(c)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    patch = xp[
+        n[:, None, None, None], np.arange(c)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]
+    ]
     return np.einsum("mckl,mckl->mc", patch, w[o])  # m x C contributions
 
 
@@ -65,9 +73,6 @@ def _dense_samples(x, wt, m, rng):
 
 def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per consumer: (contributions m x P along its labelled input axis, labels of those P positions)."""
-    from ..progress import bar
-
-    from ..data import open_data
 
     if data is None:
         raise OnnxPruneError("thinet needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")
@@ -80,7 +85,7 @@ def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[s
     got: dict[str, list[np.ndarray]] = {n.name: [] for n, _ in consumers}
     for feeds, _ in bar(batches, desc="thinet samples", unit="batch"):
         acts = dict(zip(names, sess.run(names, feeds)))
-        for node, labels in consumers:
+        for node, _labels in consumers:
             x = np.asarray(acts[node.input[0]], dtype=np.float32)
             w = graph.consts[node.input[1]].astype(np.float32)
             if node.op_type == "Conv":
@@ -91,13 +96,19 @@ def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[s
     out = {}
     for node, labels in consumers:
         axis = 1 if node.op_type in ("Conv", "Gemm") else labels.ndim - 1
-        out[node.name] = (np.concatenate(got[node.name])[:samples].astype(np.float64),
-                          labels.reshape(-1) if labels.shape[axis] == labels.size else None)
+        out[node.name] = (
+            np.concatenate(got[node.name])[:samples].astype(np.float64),
+            labels.reshape(-1) if labels.shape[axis] == labels.size else None,
+        )
     return {k: v for k, v in out.items() if v[1] is not None}
 
 
-@criterion("thinet", "greedy ThiNet selection on the next layer's reconstruction (Luo et al. 2017), then "
-                     "least-squares rescaling of that layer; needs --calib, --samples", needs_data=True)
+@criterion(
+    "thinet",
+    "greedy ThiNet selection on the next layer's reconstruction (Luo et al. 2017), then "
+    "least-squares rescaling of that layer; needs --calib, --samples",
+    needs_data=True,
+)
 def thinet(graph, analysis, data=None, samples: int = 2000, seed: int = 0, **_) -> np.ndarray:
     contrib = collect(graph, analysis, data, samples, seed)
     roots = analysis.roots
@@ -145,7 +156,6 @@ def greedy_order(x: np.ndarray) -> np.ndarray:
 def rescale(graph, analysis, plan, pruned: onnx.ModelProto, data, samples: int = 2000, seed: int = 0) -> list[str]:
     """Least-squares scales for the kept input channels of every consumer that lost inputs; returns the
     consumers changed. The pruned model is edited in place (its sliced weights are per-node copies)."""
-    from ..rewrite import Keep
 
     keep = Keep(analysis, plan)
     contrib = collect(graph, analysis, data, samples, seed)

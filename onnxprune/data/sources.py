@@ -6,19 +6,21 @@ with explicit preprocessing; ``package.module:function`` returning feed dicts; i
 iterable of feed dicts or an onnxruntime ``CalibrationDataReader`` (``get_next() -> dict | None``).
 Everything is streamed batch by batch and checked against the model's inputs with a one-line error.
 """
+
 from __future__ import annotations
 
 import glob
 import importlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 from onnx import helper
 
 from ..errors import OnnxPruneError
+from ..load import random_feeds
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,9 @@ def _check(feeds, graph) -> dict:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
         expect = "x".join("?" if d is None else str(d) for d in dims)
         if arr.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims, arr.shape)):
-            raise OnnxPruneError(f"data for input '{inp.name}' has shape {'x'.join(map(str, arr.shape))}, "
-                                 f"the model expects {expect}")
+            raise OnnxPruneError(
+                f"data for input '{inp.name}' has shape {'x'.join(map(str, arr.shape))}, the model expects {expect}"
+            )
         if arr.dtype != want:
             if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating):
                 arr = arr.astype(want)
@@ -115,8 +118,11 @@ def _check(feeds, graph) -> dict:
 
 def _batch_step(spec, graph) -> tuple[int, bool]:
     """(batch size, whether the model fixes it): a static batch dim in the model sets the batch size."""
-    fixed = [i.type.tensor_type.shape.dim[0].dim_value for i in _inputs(graph)
-             if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")]
+    fixed = [
+        i.type.tensor_type.shape.dim[0].dim_value
+        for i in _inputs(graph)
+        if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")
+    ]
     return (min(fixed), True) if fixed else (spec.batch_size, False)
 
 
@@ -124,7 +130,9 @@ def _usable(n: int, spec, graph, where: str) -> tuple[int, int]:
     """(batch size, samples used): a fixed batch size cannot take a partial last batch, so it is dropped."""
     step, fixed = _batch_step(spec, graph)
     if fixed and n % step:
-        log.warning("%s: the model's batch size is fixed at %d; the last %d samples are not used", where, step, n % step)
+        log.warning(
+            "%s: the model's batch size is fixed at %d; the last %d samples are not used", where, step, n % step
+        )
         n -= n % step
     return step, n
 
@@ -136,7 +144,6 @@ def _random(spec, graph, src):
             raise ValueError
     except ValueError:
         raise OnnxPruneError(f"bad data spec '{src}': expected random:N with N > 0") from None
-    from ..load import random_feeds
 
     rng_seed = spec.seed
     step, fixed = _batch_step(spec, graph)
@@ -181,8 +188,9 @@ def _arrays(spec, graph, path):
 def _images(spec, graph, folder):
     from PIL import Image  # a maintained decoder for every common format
 
-    files = sorted(f for f in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
-                   if f.lower().endswith(IMAGE_EXT))
+    files = sorted(
+        f for f in glob.glob(os.path.join(folder, "**", "*"), recursive=True) if f.lower().endswith(IMAGE_EXT)
+    )
     if not files:
         raise OnnxPruneError(f"no images ({', '.join(IMAGE_EXT)}) under {folder}")
     classes = sorted({os.path.relpath(os.path.dirname(f), folder) for f in files})
@@ -199,7 +207,7 @@ def _images(spec, graph, folder):
     step, n = _usable(len(files), spec, graph, folder)
     files = files[:n]
     for start in range(0, len(files), step):
-        chunk = files[start:start + step]
+        chunk = files[start : start + step]
         imgs, labels = [], []
         for f in chunk:
             try:

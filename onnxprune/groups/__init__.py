@@ -1,4 +1,5 @@
 """Channel-dependency groups: which channels of which tensors and parameters must go together."""
+
 from .analysis import analyse
 from .group import Analysis, ChannelGroup, Source
 from .registry import RULES, rule

@@ -3,6 +3,7 @@
 Every action carries the label array of the tensor it depends on; the rewriter turns labels into kept
 indices once the plan is known. That keeps rules free of any knowledge of plans or graph editing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,3 +38,10 @@ class Action:
     entry: int = 0
     param_axis: int | None = None
     user: str = ""
+
+    @property
+    def lab(self) -> np.ndarray:
+        """``labels``, for the kinds that carry them (all but ``counts`` and ``split_outputs``)."""
+        if self.labels is None:
+            raise AssertionError(f"{self.kind} action on '{self.node}' has no labels")
+        return self.labels

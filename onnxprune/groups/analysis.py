@@ -1,4 +1,5 @@
 """Channel-dependency analysis: one pass over the graph in topological order, rules from the registry."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -32,8 +33,9 @@ def trace(graph: Graph) -> Context:
             fn = control  # any op with a subgraph: freeze what it can see, outer scope included
         if fn is None:
             if touched:
-                ctx.freeze_inputs(node, f"unsupported op {node.domain + '.' if node.domain else ''}{node.op_type} "
-                                        f"'{node.name}'")
+                ctx.freeze_inputs(
+                    node, f"unsupported op {node.domain + '.' if node.domain else ''}{node.op_type} '{node.name}'"
+                )
             continue
         if touched or node.op_type in SOURCE_OPS:
             fn(node, ctx)
@@ -51,7 +53,7 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
     comp = UnionFind()
     comp.add(len(roots))
     for s in ctx.sources:
-        r = roots[s.base:s.base + s.n]
+        r = roots[s.base : s.base + s.n]
         for x in np.unique(r):
             comp.union(int(x), int(r[0]))
     atoms_by_group: dict[int, list[int]] = {}
@@ -81,7 +83,7 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
             if len(g.notes) < 3:
                 g.notes.append(f"LayerNormalization '{node_name}' normalises over the kept channels only")
     if exclude:
-        matched = set()
+        matched: set[str] = set()
         for g in groups:
             hits = [s for s in g.sources for pat in exclude if fnmatch.fnmatchcase(s, pat)]
             matched.update(pat for pat in exclude for s in g.sources if fnmatch.fnmatchcase(s, pat))
@@ -92,6 +94,13 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
     for g in groups:
         if g.prunable and g.channels < 2:
             g.prunable, g.reason = False, "a single channel cannot be pruned"
-    return Analysis(groups=groups, sources=ctx.sources, roots=roots, actions=ctx.actions,
-                    terminals=ctx.terminals, expected=ctx.labelled, stat_masks=ctx.stat_masks,
-                    source_channels=sum(s.n for s in ctx.sources))
+    return Analysis(
+        groups=groups,
+        sources=ctx.sources,
+        roots=roots,
+        actions=ctx.actions,
+        terminals=ctx.terminals,
+        expected=ctx.labelled,
+        stat_masks=ctx.stat_masks,
+        source_channels=sum(s.n for s in ctx.sources),
+    )

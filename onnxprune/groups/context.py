@@ -1,4 +1,5 @@
 """The state a traversal carries: labels per tensor, the union-find of atoms, frozen atoms, actions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from .group import Source
 def _keep_one_axis(raw: np.ndarray) -> np.ndarray:
     """Compress every axis but the first non-trivial one (a single class spread over a channel axis)."""
     axis = next(ax for ax, d in enumerate(raw.shape) if d > 1)
-    index = [0] * raw.ndim
+    index: list[int | slice] = [0] * raw.ndim
     index[axis] = slice(None)
     shape = [1] * raw.ndim
     shape[axis] = raw.shape[axis]
@@ -122,7 +123,9 @@ class Context:
         roots = self._roots(labels)
         return bool(np.all(roots == np.take(roots, [0], axis=axis)))
 
-    def source(self, node: onnx.NodeProto, output: str, axis: int, n: int, weight: str, weight_axis: int) -> np.ndarray | None:
+    def source(
+        self, node: onnx.NodeProto, output: str, axis: int, n: int, weight: str, weight_axis: int
+    ) -> np.ndarray | None:
         """Create ``n`` fresh atoms for a node's output channels (on ``axis`` of ``output``)."""
         rank = self.rank(output)
         if rank is None or n < 2:

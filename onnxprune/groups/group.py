@@ -1,4 +1,5 @@
 """Domain objects of the dependency analysis."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,15 @@ class ChannelGroup:
         return len(self.atoms)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "channels": self.channels, "prunable": self.prunable, "reason": self.reason,
-                "sources": list(self.sources), "macs": int(self.macs), "notes": list(self.notes)}
+        return {
+            "id": self.id,
+            "channels": self.channels,
+            "prunable": self.prunable,
+            "reason": self.reason,
+            "sources": list(self.sources),
+            "macs": int(self.macs),
+            "notes": list(self.notes),
+        }
 
 
 @dataclass

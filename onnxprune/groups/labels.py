@@ -5,6 +5,7 @@ carries no channel identity, e.g. spatial) or the full dim. -1 marks a position 
 never be removed). Keeping labels as broadcastable arrays makes every shape op -- Reshape, Transpose,
 Flatten, channel shuffles -- one numpy call, instead of a special case per pattern.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,9 +5,10 @@ through ``ctx``, what its outputs carry, which channels it couples, which parame
 sliced (as data: ``Action``), where channels are consumed (for the masked reference) and what it cannot
 prove safe (freeze). Rules never touch the graph: the rewriter applies their actions.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import onnx
 

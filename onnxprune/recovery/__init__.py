@@ -1,5 +1,6 @@
 """Recovery without retraining (bias compensation, least-squares reconstruction, statistics
 recalibration) and optional distillation fine-tuning; each step is a function over the pruned model."""
+
 from __future__ import annotations
 
 import time
@@ -34,10 +35,15 @@ def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, p
     recalibration last re-standardises whatever the refit left."""
     batches = load_batches(data, rec.original)
     out: dict = {"timings_s": {}}
-    steps = [("bias_compensated", options.bias_compensation, lambda: compensate_bias(rec, batches)),
-             ("reconstructed", options.reconstructs(True),
-              lambda: reconstruct(rec, batches, options.samples, options.ridge, seed, progress)),
-             ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress))]
+    steps = [
+        ("bias_compensated", options.bias_compensation, lambda: compensate_bias(rec, batches)),
+        (
+            "reconstructed",
+            options.reconstructs(True),
+            lambda: reconstruct(rec, batches, options.samples, options.ridge, seed, progress),
+        ),
+        ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress)),
+    ]
     for key, on, fn in steps:
         if not on:
             continue

@@ -7,6 +7,7 @@ padding: a 1x1 Conv, a Gemm/MatMul-like dense layer, or a Conv with pads 0. With
 outputs read zeros instead of the mean, so compensation over-corrects there. Grouped Conv consumers are
 skipped: removing an input of a group also removes its outputs. MatMul has no bias input and is skipped.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,11 @@ def compensate_bias(rec: Recovery, batches) -> list[str]:
     layers = []
     for lay in rec.layers(names):
         if lay.op_type == "MatMul" or lay.groups != 1:
-            rec.skipped[lay.node] = "bias compensation: MatMul (no bias input)" if lay.op_type == "MatMul" \
+            rec.skipped[lay.node] = (
+                "bias compensation: MatMul (no bias input)"
+                if lay.op_type == "MatMul"
                 else "bias compensation: grouped Conv"
+            )
             continue
         layers.append(lay)
     if not layers:
@@ -33,13 +37,16 @@ def compensate_bias(rec: Recovery, batches) -> list[str]:
     changed = []
     for lay in layers:
         node = rec.orig_nodes[lay.node]
-        orig_layer, _ = as_layer(node, orig_inits, {})
+        orig_layer, why = as_layer(node, orig_inits, {})
+        if orig_layer is None:
+            raise AssertionError(f"'{node.name}' was a layer in the pruned model but not in the original: {why}")
         w0 = rec.original.consts[node.input[1]].astype(np.float64)
         if lay.op_type == "Conv":
             per_input = w0.reshape(w0.shape[0], w0.shape[1], -1).sum(-1).T  # C x O
         else:
             per_input = to_mats(orig_layer, w0)[0]  # K x O
         kept_in = rec.lost_inputs(lay.node)
+        assert kept_in is not None  # only layers that lost inputs were selected above
         delta = stats[node.input[0]][0][~kept_in] @ per_input[~kept_in]  # O (original outputs)
         kept_out = rec.kept(node.output[0], lay.channel_axis, len(delta))
         w = numpy_helper.to_array(rec.inits[lay.weight])

@@ -6,6 +6,7 @@ between temperature-softened outputs (times T^2 so gradients keep their scale), 
 cross-entropy when the data has labels. Only weights change: the trained tensors are written back into
 the same initializers, so the graph's structure -- and the exactness proof of the rewrite -- stand.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,11 +16,23 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..data import open_data
 from ..errors import OnnxPruneError
+from ..progress import bar as progress_bar
+from ..runtime import make_session
+from ..torch_eval import TorchGraph
 
 #: inputs that hold learnable parameters, per op type
-TRAINABLE = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "BatchNormalization": (1, 2),
-             "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2), "PRelu": (1,)}
+TRAINABLE = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (0, 1),
+    "BatchNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
+    "PRelu": (1,),
+}
 
 
 @dataclass
@@ -49,15 +62,12 @@ def _kl(torch, student, teacher, temperature: float):
     f = torch.nn.functional
     s = f.log_softmax(student.reshape(student.shape[0], -1) / temperature, dim=1)
     t = f.log_softmax(teacher.reshape(teacher.shape[0], -1) / temperature, dim=1)
-    return f.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+    return f.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
 def held_out_kl(graph, teacher_session, data, temperature: float = 1.0) -> float:
     """Mean KL(teacher || student) at temperature T over ``data`` (both run in onnxruntime)."""
     import torch
-
-    from ..data import open_data
-    from ..runtime import make_session
 
     sess = make_session(graph.model)
     total, n = 0.0, 0
@@ -69,19 +79,26 @@ def held_out_kl(graph, teacher_session, data, temperature: float = 1.0) -> float
     return total / max(n, 1)
 
 
-def finetune(student_graph, teacher_graph, data, *, epochs: int = 1, lr: float = 1e-4, temperature: float = 4.0,
-             label_weight: float = 0.0, device: str = "cpu", eval_data=None, weight_decay: float = 0.0,
-             progress: bool = True, log=print) -> FinetuneResult:
+def finetune(
+    student_graph,
+    teacher_graph,
+    data,
+    *,
+    epochs: int = 1,
+    lr: float = 1e-4,
+    temperature: float = 4.0,
+    label_weight: float = 0.0,
+    device: str = "cpu",
+    eval_data=None,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+    log=print,
+) -> FinetuneResult:
     """Distil ``teacher_graph`` into ``student_graph`` (both normalised Graphs with the same inputs)."""
     try:
         import torch
     except ImportError:
         raise OnnxPruneError("finetune needs torch: pip install 'onnxprune[torch]'") from None
-    from ..progress import bar as progress_bar
-
-    from ..data import open_data
-    from ..runtime import make_session
-    from ..torch_eval import TorchGraph
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OnnxPruneError("--device cuda: torch sees no CUDA device here (use --device cpu)")
@@ -105,9 +122,10 @@ def finetune(student_graph, teacher_graph, data, *, epochs: int = 1, lr: float =
         log(f"epoch 0: held-out KL {kl0:.4f}")
         result.epochs.append({"epoch": 0, "held_out_kl": kl0})
     for epoch in range(1, epochs + 1):
-        t0, total, count = time.perf_counter(), 0.0, 0
-        bar = progress_bar(open_data(data, student_graph), desc=f"finetune epoch {epoch}/{epochs}", unit="batch",
-                           enabled=progress)
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        bar = progress_bar(
+            open_data(data, student_graph), desc=f"finetune epoch {epoch}/{epochs}", unit="batch", enabled=progress
+        )
         for feeds, labels in bar:
             with torch.no_grad():
                 target = torch.from_numpy(np.asarray(teacher.run(None, feeds)[0])).to(tg.device)
@@ -119,12 +137,12 @@ def finetune(student_graph, teacher_graph, data, *, epochs: int = 1, lr: float =
             opt.zero_grad()
             loss.backward()
             opt.step()
-            n = len(out)
-            total += float(loss.detach()) * n
-            count += n
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            batch = len(out)
+            total += float(loss.detach()) * batch
+            seen += batch
+            bar.set_postfix(loss=f"{total / seen:.4f}")
         _write_back(student_graph, tg, names)
-        entry = {"epoch": epoch, "loss": total / max(count, 1), "seconds": round(time.perf_counter() - t0, 2)}
+        entry = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": round(time.perf_counter() - t0, 2)}
         if eval_data is not None:
             entry["held_out_kl"] = held_out_kl(student_graph, teacher, eval_data)
         line = f"epoch {epoch}: loss {entry['loss']:.4f}"

@@ -6,6 +6,7 @@ bias folding and per-channel rescaling are written once for every kind. Sample r
 positions chosen from the *output* shape alone, so the original and the pruned model (which differ only
 in channel counts) are sampled at the same images and pixels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,16 @@ def as_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[L
             return None, "Gemm with transA"
         if bias is not None and (len(inits[bias].dims) > 1 and inits[bias].dims[0] != 1):
             return None, "Gemm bias is not per output"
-        return Layer(node.name, "Gemm", node.input[1], bias, 1, float(attr(node, "alpha", 1.0)),
-                     float(attr(node, "beta", 1.0)), bool(int(attr(node, "transB", 0)))), ""
+        return Layer(
+            node.name,
+            "Gemm",
+            node.input[1],
+            bias,
+            1,
+            float(attr(node, "alpha", 1.0)),
+            float(attr(node, "beta", 1.0)),
+            bool(int(attr(node, "transB", 0))),
+        ), ""
     return Layer(node.name, "MatMul", node.input[1], None, 1), ""
 
 
@@ -157,8 +166,9 @@ def patches(layer: Layer, node: onnx.NodeProto, x: np.ndarray, pos: np.ndarray, 
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     rows = pos[:, 1:2] * sh + np.arange(kh)[None] * dh  # m x kh
     cols = pos[:, 2:3] * sw + np.arange(kw)[None] * dw  # m x kw
-    p = xp[pos[:, 0, None, None, None], np.arange(c)[None, :, None, None], rows[:, None, :, None],
-           cols[:, None, None, :]]  # m x C x kh x kw
+    p = xp[
+        pos[:, 0, None, None, None], np.arange(c)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]
+    ]  # m x C x kh x kw
     return p.reshape(len(pos), layer.groups, -1)
 
 

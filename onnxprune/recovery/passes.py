@@ -5,6 +5,7 @@ layers upstream (He et al. 2017's sequential refit). Layers are grouped in *wave
 of which reads the output of another layer still to be fitted, so one pass over the calibration data serves
 a whole wave (a chain needs one pass per layer, a wide block one pass for all its branches).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..data import batches
 from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..load import Graph
-from ..plan import PruningPlan
-from ..rewrite import Keep
+from ..plan import Keep, PruningPlan
 from ..runtime import session_with_outputs
 from .layers import Layer, as_layer, weight_uses
 
@@ -119,7 +120,6 @@ def waves(model: onnx.ModelProto, units) -> list[list[str]]:
 
 
 def load_batches(data, graph: Graph) -> list:
-    from ..data import batches
 
     if data is None:
         raise OnnxPruneError("recovery needs calibration data: pass --calib (e.g. data.npz, a folder of images)")
@@ -132,7 +132,9 @@ def stream(model: onnx.ModelProto, names: list[str], batches, shapes: dict, fn, 
     if not names:
         return
     n = len(next(iter(batches[0][0].values()))) if batches else 1
-    chunks, cur, size = [], [], 0
+    chunks: list[list[str]] = []
+    cur: list[str] = []
+    size = 0
     for name in names:
         shape = shapes.get(name) or (1,)
         est = int(np.prod(shape[1:], dtype=np.int64)) * 4 * n if len(shape) > 1 else 4 * n

@@ -11,12 +11,14 @@ variance on calibration data equal the original model's,
 which is folded into the layer's weight and bias. Layers are corrected in graph order (waves), each seeing
 the corrected layers upstream. MatMul layers (no bias input) are left as they are.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from onnx import numpy_helper
 
-from .layers import Layer, bias_vector, from_mats, set_weight, to_mats
+from ..progress import bar
+from .layers import Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
 from .passes import Recovery, downstream, moments, waves
 
 EPS = 1e-12
@@ -41,14 +43,15 @@ def _set_bn(rec: Recovery, name: str, mean: np.ndarray, var: np.ndarray) -> None
 
 def recalibrate(rec: Recovery, batches, progress: bool = False) -> list[str]:
     """Recompute remaining BN statistics and re-standardise folded layers; returns the nodes changed."""
-    from ..progress import bar
-
-    from .layers import weight_uses
 
     hot = downstream(rec.pruned, rec.changed_starts())
     uses = weight_uses(rec.pruned)
-    bns = [n for n in hot if rec.nodes[n].op_type == "BatchNormalization"
-           and all(rec.nodes[n].input[k] in rec.inits and uses[rec.nodes[n].input[k]] == 1 for k in (3, 4))]
+    bns = [
+        n
+        for n in hot
+        if rec.nodes[n].op_type == "BatchNormalization"
+        and all(rec.nodes[n].input[k] in rec.inits and uses[rec.nodes[n].input[k]] == 1 for k in (3, 4))
+    ]
     layers = {}
     for lay in rec.layers(hot):
         if lay.op_type == "MatMul":

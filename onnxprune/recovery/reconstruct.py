@@ -11,11 +11,13 @@ sample rows than inputs (a wide Flatten->Gemm on a small calibration set) stays 
 weights instead of collapsing; ``lam = ridge * trace(X'X) / K`` makes ``ridge`` scale-free. Normal
 equations are accumulated batch by batch, so memory is K^2 per group whatever the number of samples.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from onnx import numpy_helper
 
+from ..progress import bar
 from .layers import Layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
 from .passes import Recovery, stream, waves
 
@@ -29,8 +31,8 @@ def _out_channels(layer: Layer, w: np.ndarray) -> int:
 def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, seed: int):
     """Positions and the original model's (kept) outputs there, per layer and batch."""
     per_batch = max(1, -(-samples // len(batches)))
-    pos = {lay.node: [] for lay in layers}
-    targets = {lay.node: [] for lay in layers}
+    pos: dict[str, list] = {lay.node: [] for lay in layers}
+    targets: dict[str, list] = {lay.node: [] for lay in layers}
     outs = {lay.node: rec.orig_nodes[lay.node].output[0] for lay in layers}
 
     def take(b, arrs):
@@ -45,10 +47,10 @@ def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, se
     return pos, targets
 
 
-def reconstruct(rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3, seed: int = 0,
-                progress: bool = False) -> list[str]:
+def reconstruct(
+    rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3, seed: int = 0, progress: bool = False
+) -> list[str]:
     """Refit every refittable layer that lost inputs; returns the layers changed (in graph order)."""
-    from ..progress import bar
 
     layers = rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
     if not layers:
@@ -66,7 +68,7 @@ def reconstruct(rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3
                 rec.skipped[lay.node] = f"output channels do not correspond ({targets[lay.node][0].shape[1]} vs {o})"
                 wave_layers.remove(lay)
 
-        def fit(b, arrs):
+        def fit(b, arrs, wave_layers=wave_layers, weights=weights, acc=acc):
             for lay in wave_layers:
                 node = rec.nodes[lay.node]
                 w = weights[lay.node]

@@ -1,4 +1,5 @@
 """Small helpers shared by the rules."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,7 @@ def target_pieces(ctx, node, name: str):
     # plan whose edits of one entry disagree
     if prod is None or prod.op_type != "Concat" or any(u.op_type not in ("Reshape", "Expand") for u, _ in users):
         return None
-    pieces = []
+    pieces: list = []
     for k, piece in enumerate(prod.input):
         c = ctx.const(piece)
         shape = ctx.shape(piece)

@@ -3,6 +3,7 @@
 Concat along the channel axis places each input's channels at an offset; Split/Slice/Gather pick
 ranges or indices, whose constants the rewriter recomputes from the kept positions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,7 +88,7 @@ def split(node, ctx) -> None:
     offsets = np.cumsum([0] + sizes)
     entries = {}
     for k, o in enumerate(node.output):
-        part = L.along(vec[offsets[k]:offsets[k + 1]], axis, lab.ndim)
+        part = L.along(vec[offsets[k] : offsets[k + 1]], axis, lab.ndim)
         entries[k] = (part, axis)
         ctx.set(o, part)
     if where == "input":

@@ -1,4 +1,5 @@
 """Control flow: subgraphs are left untouched, so every channel they can see is frozen."""
+
 from __future__ import annotations
 
 import onnx
@@ -9,11 +10,11 @@ from ..registry import rule
 def outer_names(graph: onnx.GraphProto) -> set[str]:
     """Names a subgraph reads from the enclosing scope (implicit inputs)."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    used = set()
+    used: set[str] = set()
     for node in graph.node:
         used.update(i for i in node.input if i and i not in defined)
         for a in node.attribute:
-            for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                 used.update(outer_names(sg) - defined)
         defined.update(node.output)
     return used
@@ -24,7 +25,7 @@ def control(node, ctx) -> None:
     reason = f"{node.op_type} '{node.name}': subgraphs are not rewritten"
     ctx.freeze_inputs(node, reason)
     for a in node.attribute:
-        for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+        for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
             for name in outer_names(sg):
                 ctx.freeze(ctx.labels(name), reason)
                 ctx.freeze_shape_reader(name, reason)

@@ -4,6 +4,7 @@ Depthwise convs (group == in_channels) tie output channels to input channels and
 Grouped convs must lose the same in-group offset in every group to stay grouped, so offset j of every
 group is coupled; the ``group`` attribute then never changes.
 """
+
 from __future__ import annotations
 
 import numpy as np

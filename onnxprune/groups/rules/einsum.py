@@ -5,6 +5,7 @@ a labelled letter summed away is a contraction, exact under masking when every i
 the same channels (they are coupled, constants sliced). Diagonals, ellipses and channels on several
 letters of one input freeze.
 """
+
 from __future__ import annotations
 
 import numpy as np

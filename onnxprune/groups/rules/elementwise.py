@@ -4,6 +4,7 @@ Residual ``Add`` couples both sides channel by channel; a per-channel constant (
 a decomposed BatchNorm) is sliced; any other non-constant input with the channel dim cannot be sliced,
 so the channels it meets are frozen.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,14 +15,74 @@ from ..registry import rule
 from ._util import aligned, target_pieces, user_of
 
 UNARY = (
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Elu", "Selu", "Celu", "Softplus",
-    "Softsign", "ThresholdedRelu", "Gelu", "Mish", "Identity", "Cast", "CastLike", "Neg", "Abs", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh",
-    "Cosh", "Asinh", "Acosh", "Atanh", "Not", "IsNaN", "IsInf", "Shrink",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Erf",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "ThresholdedRelu",
+    "Gelu",
+    "Mish",
+    "Identity",
+    "Cast",
+    "CastLike",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Shrink",
 )
 BROADCAST = (
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "LessOrEqual",
-    "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift", "PRelu", "Clip", "Dropout",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Where",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+    "BitShift",
+    "PRelu",
+    "Clip",
+    "Dropout",
 )
 
 
@@ -61,7 +122,9 @@ def broadcast(node, ctx) -> None:
         if ctx.const(name) is None:
             if _broadcast_by_expand(ctx, name, hit, rank, combined):
                 continue
-            return ctx.freeze(combined, f"{node.op_type} '{node.name}': input '{name}' has the channel dim but is computed")
+            return ctx.freeze(
+                combined, f"{node.op_type} '{node.name}': input '{name}' has the channel dim but is computed"
+            )
         for ax in hit:
             ctx.act(Action("slice_param", node.name, labels=combined, axis=ax, input=k, param_axis=ax - offset))
     for o in node.output:

@@ -3,6 +3,7 @@
 Labels are reshaped and transposed exactly like the data, so a channel becomes a block of features
 after Flatten, and the Reshape-Transpose-Reshape channel shuffle comes out as a permutation.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 After a Flatten the input features are channel blocks (one channel -> H*W features); labels already
 say that, so slicing the weight rows by the kept labels is all Flatten->Gemm needs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,11 @@ def matmul(node, ctx) -> None:
         if ra - 1 in axes:
             if axes != [ra - 1]:
                 return ctx.freeze_inputs(node, f"MatMul '{node.name}': features and rows both carry channels")
-            ctx.act(Action("slice_param", node.name, labels=L.vector(lab, ra - 1).reshape(-1, 1), axis=0, input=1, param_axis=0))
+            ctx.act(
+                Action(
+                    "slice_param", node.name, labels=L.vector(lab, ra - 1).reshape(-1, 1), axis=0, input=1, param_axis=0
+                )
+            )
             ctx.terminal(node, 0, lab)
         else:  # channels on the rows (e.g. tokens) pass through untouched
             passed = np.take(lab, [0], axis=ra - 1)
@@ -84,6 +89,7 @@ def _matmul_activations(node, ctx) -> None:
     if ka != kb:  # only one side could be sliced
         return ctx.freeze_inputs(node, f"MatMul '{node.name}': channels on one side of a contraction only")
     if ka:
+        assert la is not None and lb is not None  # ka == kb: both sides carry the contracted channels
         ctx.couple(np.take(la, [0], axis=-2)[..., 0, :], np.take(lb, [0], axis=-1)[..., :, 0])
         ctx.terminal(node, 0, la)
     if (ka and len(L.labelled_axes(la)) > 1) or (kb and len(L.labelled_axes(lb)) > 1):

@@ -6,6 +6,7 @@ documented semantic: after pruning its mean and variance cover the kept channels
 reference computes exactly that (statistics masked to the kept channels), so the rewrite is still proven.
 GroupNorm, Lp/MVN normalisation and Softmax over channels freeze: never a wrong rewrite.
 """
+
 from __future__ import annotations
 
 from .. import labels as L
@@ -42,8 +43,15 @@ def instance_norm(node, ctx) -> None:
     _per_channel(node, ctx, (1, 2))
 
 
-@rule("LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization",
-      "Softmax", "LogSoftmax", "Hardmax")
+@rule(
+    "LayerNormalization",
+    "GroupNormalization",
+    "LpNormalization",
+    "MeanVarianceNormalization",
+    "Softmax",
+    "LogSoftmax",
+    "Hardmax",
+)
 def over_axes(node, ctx) -> None:
     """Pass channels through when the op's statistics do not span them; freeze otherwise."""
     x = node.input[0]

@@ -4,6 +4,7 @@ Channels pass through as long as the op does not touch the channel axis. A reduc
 exact only when a removed channel contributes nothing (sums of values, squares or magnitudes); means,
 maxima and products over channels freeze.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,15 +22,20 @@ def _spatial_only(node, ctx, lab) -> bool:
     return True
 
 
-@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool",
-      "RoiAlign")
+@rule(
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool", "RoiAlign"
+)
 def pool(node, ctx) -> None:
     lab = ctx.labels(node.input[0])
     if lab is None:  # only the RoIs carry channels
         return ctx.freeze_inputs(node, f"{node.op_type} '{node.name}': channels reach its RoI input")
     if not _spatial_only(node, ctx, lab):
         return
-    if len(node.output) > 1 and node.output[1] and (ctx.graph.consumers.get(node.output[1]) or node.output[1] in ctx.graph.output_names):
+    if (
+        len(node.output) > 1
+        and node.output[1]
+        and (ctx.graph.consumers.get(node.output[1]) or node.output[1] in ctx.graph.output_names)
+    ):
         return ctx.freeze(lab, f"MaxPool '{node.name}': its flat indices depend on the channel count")
     ctx.set(node.output[0], lab)
 
@@ -76,14 +82,24 @@ def pad(node, ctx) -> None:
 SUM_LIKE = ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare")
 
 
-@rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp", *SUM_LIKE,
-      "ArgMax", "ArgMin")
+@rule(
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    *SUM_LIKE,
+    "ArgMax",
+    "ArgMin",
+)
 def reduce(node, ctx) -> None:
     x = node.input[0]
     lab = ctx.labels(x)
     if lab is None:
         return ctx.freeze_inputs(node, f"{node.op_type} '{node.name}': channels reach its axes input")
     rank = lab.ndim
+    axes: list[int] | None
     if node.op_type in ("ArgMax", "ArgMin"):
         axes = [int(attr(node, "axis", 0))]
     else:
