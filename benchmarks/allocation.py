@@ -72,7 +72,13 @@ def accuracy_rows(models, test, train):
             t = time.perf_counter()
             try:
                 pruned, rep = onnxprune.prune(
-                    path, CRITERION, target_macs=TARGET, data=calib, samples=SAMPLES, reconstruct=False, **kw
+                    path,
+                    CRITERION,
+                    target_macs=TARGET,
+                    data=calib,
+                    samples=SAMPLES,
+                    reconstruct=False,
+                    **{"round_to": 1, **kw},
                 )
             except OnnxPruneError as e:
                 row[label] = {"error": str(e)}
@@ -99,7 +105,7 @@ def accuracy_rows(models, test, train):
         if best:
             plan, drop = best
             plan.meta["criterion"] = CRITERION
-            pruned, rep = onnxprune.prune(path, plan=plan, data=calib, samples=SAMPLES, reconstruct=False)
+            pruned, rep = onnxprune.prune(path, CRITERION, plan=plan, data=calib, samples=SAMPLES, reconstruct=False)
             acc = onnxprune.evaluate(pruned, onnxprune.DataSpec(test, batch_size=500))["top1"]
             row["sensitivity"] = {
                 "top1": round(acc, 2),

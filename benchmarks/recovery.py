@@ -55,7 +55,7 @@ def rows_for(name: str, path: str, target: float, criterion: str, calib, test, d
     plan = None
     for label, kw in VARIANTS.items():
         t = time.perf_counter()
-        pruned, rep = onnxprune.prune(path, criterion, target_macs=target, plan=plan, data=calib, **kw)
+        pruned, rep = onnxprune.prune(path, criterion, target_macs=target, round_to=1, plan=plan, data=calib, **kw)
         plan = plan or onnxprune.PruningPlan.from_json(rep.plan)
         acc = onnxprune.evaluate(pruned, test)["top1"]
         rec_time = sum(v for k, v in rep.timings.items() if k == "recovery")

@@ -3,9 +3,11 @@
 from .allocation.allocate import Allocation
 from .api import analyze, evaluate, finetune, load, prune, recover, score_groups, sensitivity
 from .bench import BenchReport, benchmark
+from .criteria import CriterionOptions
 from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis, ChannelGroup
+from .options import PruneOptions
 from .plan import PruningPlan
 from .recovery import RecoveryOptions
 from .report import AnalysisReport, PruneReport
@@ -21,6 +23,8 @@ __all__ = [
     "sensitivity",
     "recover",
     "finetune",
+    "PruneOptions",
+    "CriterionOptions",
     "RecoveryOptions",
     "Allocation",
     "benchmark",

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
 from .allocation.allocate import Allocation, allocate
 from .count import count
-from .criteria import get_criterion, group_scores
+from .criteria import CriterionOptions, group_scores
 from .criteria.thinet import rescale as thinet_rescale
 from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
 from .evaluation import evaluate as _evaluate
 from .groups import analyse
 from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_model
+from .options import PruneOptions, resolve
 from .plan import PruningPlan
 from .recovery import Recovery, RecoveryOptions, run_recovery
 from .recovery.finetune import finetune as _finetune
@@ -78,91 +80,62 @@ def as_data(data) -> DataSpec | None:
 
 
 def score_groups(
-    graph: Graph, analysis, criterion: str = "l1", combine: str = "sum", seed: int = 0, data=None, **opts
+    graph: Graph,
+    analysis,
+    criterion: str | CriterionOptions = "l1",
+    combine: str = "sum",
+    seed: int = 0,
+    data=None,
+    **params,
 ) -> dict[int, np.ndarray]:
-    crit = get_criterion(criterion)
-    atom_scores = crit.fn(graph, analysis, seed=seed, data=as_data(data), **opts)
-    return {g.id: group_scores(atom_scores, g.atoms, combine) for g in analysis.groups if g.prunable}
+    """Per prunable group, its channels' scores; ``params`` are the criterion's own settings (checked)."""
+    crit = criterion if isinstance(criterion, CriterionOptions) else CriterionOptions(criterion, combine, params)
+    atom_scores = crit.scores(graph, analysis, data=as_data(data), seed=seed)
+    return {g.id: group_scores(atom_scores, g.atoms, crit.combine) for g in analysis.groups if g.prunable}
 
 
 def prune(
     model,
-    criterion: str = "l1",
-    ratio: float = 0.3,
+    criterion: str | CriterionOptions | None = None,
+    ratio: float | None = None,
     *,
-    round_to: int = 1,
-    min_channels: int = 1,
-    exclude=(),
-    input_shapes=None,
-    plan: PruningPlan | None = None,
-    verify_rewrite: bool = True,
-    combine: str = "sum",
-    seed: int = 0,
-    data=None,
-    nu: float = 0.9,
-    samples: int = 2000,
-    rescale: bool = True,
-    target_macs: float | None = None,
+    options: PruneOptions | None = None,
     allocation: Allocation | None = None,
-    steps: int = 1,
-    progress: bool = False,
-    reconstruct: bool | None = None,
-    bias_compensation: bool = False,
-    recalibrate: bool = False,
     recovery: RecoveryOptions | None = None,
-    **allocation_options,
+    data=None,
+    plan: PruningPlan | None = None,
+    input_shapes=None,
+    progress: bool = False,
+    **shorthands,
 ) -> tuple[onnx.ModelProto, PruneReport]:
-    """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``. With ``plan`` the plan is replayed
-    instead of scoring and allocating. ``allocation`` (or its fields as keyword arguments: ``global_rank``,
-    ``normalisation``, ``max_ratio``, ``strategy``, ``target_params``, ``target_latency``, ``sensitivity``,
-    ``max_drop``, ``backend``...) chooses how many channels each group loses. ``steps`` > 1 prunes
-    iteratively, re-scoring the partly pruned model between steps (Molchanov et al.), with the recovery
-    steps after every step. Recovery (``recovery`` or the shorthands ``reconstruct``, ``bias_compensation``,
-    ``recalibrate``) runs after the verified rewrite; reconstruction is on by default when ``data`` is given."""
+    """Prune ``model`` and return ``(pruned ModelProto, PruneReport)``.
+
+    ``options`` (a PruneOptions, as the CLI builds it) or its parts (``criterion``: a name or a
+    CriterionOptions, default l1; ``allocation``,
+    ``recovery``) say what to do; any of their fields can also be given as a keyword (``ratio=0.5``,
+    ``target_macs=0.5``, ``round_to=8``, ``global_rank=True``, ``reconstruct=True``, ``samples=500``,
+    ``steps=3``, ``seed=1``...), and a keyword none of them owns is an error. With ``plan`` the plan is
+    replayed instead of scoring and allocating. ``steps`` > 1 prunes iteratively, re-scoring the partly
+    pruned model between steps (Molchanov et al.), with the recovery after every step. Recovery runs after
+    the verified rewrite; reconstruction is on by default when ``data`` is given."""
     t0 = time.perf_counter()
-    alloc = allocation or Allocation(
-        ratio=ratio, round_to=round_to, min_channels=min_channels, target_macs=target_macs, nu=nu, **allocation_options
-    )
-    if plan is None:
-        alloc.check(criterion)
-    if not isinstance(steps, int) or steps < 1:
-        raise OnnxPruneError("--steps must be a positive integer")
-    if steps > 1 and (plan is not None or alloc.sensitivity is not None or alloc.target_latency is not None):
-        raise OnnxPruneError(
-            "--steps works with --ratio, --target-macs and --target-params, not with a replayed plan, "
-            "--sensitivity or --target-latency"
-        )
-    recovery = recovery or RecoveryOptions(reconstruct, bias_compensation, recalibrate)
-    if data is None and (recovery.reconstruct or recovery.bias_compensation or recovery.recalibrate):
-        raise OnnxPruneError("--reconstruct, --bias-compensation and --recalibrate need calibration data (--calib)")
-    report = analyze(model, input_shapes, exclude)
-    opts = dict(
-        criterion=criterion,
-        combine=combine,
-        seed=seed,
-        data=data,
-        nu=nu,
-        samples=samples,
-        rescale=rescale,
-        verify_rewrite=verify_rewrite,
-        progress=progress,
-        recovery=recovery,
-    )
-    if steps == 1:
-        pruned, rep = _prune_once(report, alloc, plan, **opts)
+    opts = resolve(criterion, ratio, options, allocation, recovery, shorthands)
+    opts.check(replaying=plan is not None, have_data=data is not None)
+    report = analyze(model, input_shapes, opts.exclude)
+    if opts.steps == 1:
+        pruned, rep = _prune_once(report, opts, plan, data, progress)
     else:
-        pruned, rep = _prune_steps(report, alloc, steps, exclude, **opts)
+        pruned, rep = _prune_steps(report, opts, data, progress)
     rep.timings["total"] = round(time.perf_counter() - t0, 4)
     _copy_metadata(report.graph.model, pruned)
     return pruned, rep
 
 
-def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude, **opts):
+def _prune_steps(report: AnalysisReport, opts: PruneOptions, data, progress: bool):
     """K prune steps on the partly pruned model; each step's target is the cumulative one, so the
     rounding of earlier steps does not add up. Each step is verified against its own input, which makes
     the chain exact against the original with the union of removed channels masked."""
-    from dataclasses import replace
-
+    alloc, steps = opts.allocation, opts.steps
     before = report.counts
     current, step_plans, rescaled, timings, recovered = report, [], [], {}, {}
     for s in range(1, steps + 1):
@@ -176,7 +149,7 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
         else:
             prev, cum = alloc.ratio * (s - 1) / steps, alloc.ratio * s / steps
             kw["ratio"] = 1 - (1 - cum) / (1 - prev)
-        pruned, rep = _prune_once(current, replace(alloc, **kw), None, **opts)
+        pruned, rep = _prune_once(current, replace(opts, allocation=replace(alloc, **kw)), None, data, progress)
         step_plans.append(rep.plan)
         rescaled += rep.rescaled
         for k, v in rep.recovery.items():
@@ -185,7 +158,7 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
         for k, v in rep.timings.items():
             timings[k] = round(timings.get(k, 0.0) + v, 4)
         if s < steps:
-            current = analyze(load(pruned, report.graph.input_shapes), None, exclude)
+            current = analyze(load(pruned, report.graph.input_shapes), None, opts.exclude)
     rep.before = before
     rep.plan = {**rep.plan, "meta": {**rep.plan["meta"], "steps": step_plans[:-1], "step": steps}}
     rep.rescaled, rep.timings = rescaled, timings
@@ -193,40 +166,22 @@ def _prune_steps(report: AnalysisReport, alloc: Allocation, steps: int, exclude,
     return pruned, rep
 
 
-def _prune_once(
-    report: AnalysisReport,
-    alloc: Allocation,
-    plan: PruningPlan | None,
-    *,
-    criterion,
-    combine,
-    seed,
-    data,
-    nu,
-    samples,
-    rescale,
-    verify_rewrite,
-    progress,
-    recovery,
-):
+def _prune_once(report: AnalysisReport, opts: PruneOptions, plan: PruningPlan | None, data, progress: bool):
     graph, analysis = report.graph, report.analysis
+    crit, alloc, recovery, seed = opts.criterion, opts.allocation, opts.recovery, opts.seed
     timings = {}
     if plan is None:
         t = time.perf_counter()
-        scores = (
-            score_groups(graph, analysis, criterion, combine, seed, data=data, nu=nu, samples=samples)
-            if alloc.strategy != "greedy"
-            else {}
-        )
-        plan = allocate(graph, analysis, scores, alloc, criterion, combine, progress, rewrite=apply_plan)
-        plan.meta.update(criterion=criterion, combine=combine)
+        scores = score_groups(graph, analysis, crit, seed=seed, data=data) if alloc.strategy != "greedy" else {}
+        plan = allocate(graph, analysis, scores, alloc, crit.name, crit.combine, progress, rewrite=apply_plan)
+        plan.meta.update(criterion=crit.name, combine=crit.combine)
         timings["score_allocate"] = time.perf_counter() - t
     t = time.perf_counter()
     pruned = apply_plan(graph, analysis, plan)
     check_rewrite(graph, analysis, plan, pruned)
     timings["rewrite"] = time.perf_counter() - t
     ver = None
-    if verify_rewrite:
+    if opts.verify_rewrite:
         t = time.perf_counter()
         res = verify(graph, analysis, plan, pruned, seed=seed)
         timings["verify"] = time.perf_counter() - t
@@ -236,11 +191,11 @@ def _prune_once(
     rescaled: list[str] = []
     recovered: dict = {}
     thinet = plan.meta.get("criterion") == "thinet"
-    if rescale and thinet and plan.remove and not recovery.reconstructs(data is not None):
+    if opts.rescale and thinet and plan.remove and not recovery.reconstructs(data is not None):
         # after verification on purpose: the structural rewrite is proven exact first, then ThiNet's
         # least squares deliberately changes the kept weights of the layers that lost inputs
-
         t = time.perf_counter()
+        samples = int(CriterionOptions("thinet", params=crit.params if crit.name == "thinet" else {}).value("samples"))
         rescaled = thinet_rescale(graph, analysis, plan, pruned, as_data(data), samples, seed)
         timings["rescale"] = time.perf_counter() - t
     if recovery.active(data is not None) and plan.remove:
@@ -271,7 +226,7 @@ def _prune_once(
         report.counts,
         after,
         plan.to_json(analysis),
-        plan.meta.get("criterion", criterion),
+        plan.meta.get("criterion", crit.name),
         ver,
         {k: round(v, 4) for k, v in timings.items()},
         groups,

@@ -48,10 +48,6 @@ class PruningPlan:
             raise OnnxPruneError(f"malformed plan: {e}") from None
         return cls(remove, dict(data.get("meta", {})), {int(g["id"]): g for g in data["groups"]})
 
-    def save(self, path: str, analysis: Analysis | None = None) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_json(analysis), f, indent=1)
-
     @classmethod
     def load(cls, path: str) -> PruningPlan:
         try:
@@ -73,7 +69,8 @@ class PruningPlan:
                 or "sources" in e
                 and list(e["sources"]) != list(g.sources)
             ):
-                raise OnnxPruneError(f"plan group {gid} was made for sources {e['sources'][:2]}..., not this model's")
+                made_for = f"sources {list(e['sources'])[:2]}..." if "sources" in e else f"{e['channels']} channels"
+                raise OnnxPruneError(f"plan group {gid} was made for {made_for}, not this model's")
             if chans and not g.prunable:
                 raise OnnxPruneError(f"plan removes channels of frozen group {gid} ({g.reason})")
             if any(not 0 <= c < g.channels for c in chans) or len(set(chans)) != len(chans):

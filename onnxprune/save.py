@@ -73,6 +73,7 @@ def atomic_write(out: str, write, suffix: str = "") -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; a report is as readable as the model beside it
         os.replace(tmp, out_abs)
     except OSError as e:
         raise OnnxPruneError(f"cannot write {out}: {e.strerror or e}") from None
@@ -113,3 +114,10 @@ def _jsonable(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

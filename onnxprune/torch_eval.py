@@ -21,6 +21,8 @@ OPS = {}
 def op(*names):
     def deco(fn):
         for n in names:
+            if n in OPS:
+                raise AssertionError(f"torch evaluation: op {n} registered twice ({OPS[n].__name__}, {fn.__name__})")
             OPS[n] = fn
         return fn
 

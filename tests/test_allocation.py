@@ -76,7 +76,7 @@ def test_pfec_greedy_differs_from_independent_as_documented(tmp_path):
     onnx.save(_pfec_case(), path)
     removed = {}
     for strategy in ("independent", "greedy"):
-        _, rep = onnxprune.prune(path, "l1", 0.25, strategy=strategy)
+        _, rep = onnxprune.prune(path, "l1", 0.25, strategy=strategy, round_to=1)
         removed[strategy] = {tuple(g["sources"]): g["removed"] for g in rep.groups if g["removed"]}
     assert removed["independent"][("a",)] == removed["greedy"][("a",)] == [0]
     assert removed["independent"][("b",)] == [3]  # filter 0 looks big because of a's channel 0...
@@ -115,6 +115,8 @@ def test_sensitivity_round_trips_into_an_allocation(trained_models, tmp_path):
         str(out_model),
         "--sensitivity",
         stem + ".json",
+        "--round-to",
+        "1",
         "--max-drop",
         str(max_drop),
         "--report",
@@ -147,7 +149,7 @@ def test_sensitivity_file_from_another_model_is_refused(trained_models, tmp_path
 
 def test_iterative_steps_reach_the_target_and_verify(trained_models):
     src = os.path.join(trained_models, "resnet20.onnx")
-    pruned, rep = onnxprune.prune(src, "l1", target_macs=0.5, steps=3)
+    pruned, rep = onnxprune.prune(src, "l1", target_macs=0.5, steps=3, round_to=1)
     assert abs(rep.after.macs / rep.before.macs - 0.5) <= 0.01
     assert rep.verification["passed"] and len(rep.plan["meta"]["steps"]) == 2
     with pytest.raises(onnxprune.OnnxPruneError, match="--steps"):

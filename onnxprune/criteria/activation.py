@@ -58,10 +58,10 @@ def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
     "1 - APoZ, the share of non-positive activations where channels are consumed (Hu et al. 2016); needs --calib",
     needs_data=True,
 )
-def apoz(graph, analysis, data=None, **_) -> np.ndarray:
+def apoz(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     return 1.0 - activation_stats(graph, analysis, data)[0]
 
 
 @criterion("mean-act", "mean |activation| where channels are consumed; needs --calib", needs_data=True)
-def mean_act(graph, analysis, data=None, **_) -> np.ndarray:
+def mean_act(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     return activation_stats(graph, analysis, data)[1]

@@ -13,7 +13,7 @@ from .registry import criterion
     "|gamma| of the channel's BatchNormalization (Network Slimming); needs BN nodes in the "
     "graph -- eval-mode exports usually fold BN into the convolutions",
 )
-def bn_scale(graph, analysis, **_) -> np.ndarray:
+def bn_scale(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     bns = {n.name for n in graph.model.graph.node if n.op_type == "BatchNormalization"}
     if not bns:
         raise OnnxPruneError(

@@ -30,7 +30,7 @@ def _per_source(graph, analysis) -> list[tuple[object, np.ndarray]]:
     "sum of distances to the layer's other filters: filters near the geometric median go "
     "first (He et al. 2019); no data needed",
 )
-def fpgm(graph, analysis, **_) -> np.ndarray:
+def fpgm(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     scores = np.zeros(len(analysis.roots))
     for s, r in _per_source(graph, analysis):
         scores[s.base : s.base + s.n] = r
@@ -42,7 +42,7 @@ def fpgm(graph, analysis, **_) -> np.ndarray:
     "FPGM distances normalised per layer and scaled by --nu for weak layers "
     "(low spread of distances); meant for global ranking; no data needed",
 )
-def weak_layer(graph, analysis, nu: float = 0.9, theta: float = 1e-8, **_) -> np.ndarray:
+def weak_layer(graph, analysis, data=None, seed: int = 0, nu: float = 0.9, theta: float = 1e-8) -> np.ndarray:
     per = _per_source(graph, analysis)
     spreads = np.array([r.std() for _, r in per]) if per else np.array([])
     threshold = 0.5 * spreads.mean() if len(spreads) else 0.0

@@ -22,15 +22,15 @@ def _norms(graph, analysis, ord_: int) -> np.ndarray:
 
 
 @criterion("l1", "L1 norm of each filter (Li et al. 2017); no data needed")
-def l1(graph, analysis, **_) -> np.ndarray:
+def l1(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     return _norms(graph, analysis, 1)
 
 
 @criterion("l2", "L2 norm of each filter; no data needed")
-def l2(graph, analysis, **_) -> np.ndarray:
+def l2(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     return _norms(graph, analysis, 2)
 
 
 @criterion("random", "seeded random scores: the baseline every criterion must beat")
-def random(graph, analysis, seed: int = 0, **_) -> np.ndarray:
+def random(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(len(analysis.roots))

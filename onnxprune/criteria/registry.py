@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +17,15 @@ class Criterion:
     help: str
     fn: Callable[..., np.ndarray]
     needs_data: bool = False
+
+    def parameters(self) -> dict[str, object]:
+        """The criterion's own settings and their defaults (every keyword parameter but the ones each
+        criterion takes: graph, analysis, data, seed)."""
+        sig = inspect.signature(self.fn).parameters
+        return {k: p.default for k, p in sig.items() if k not in _COMMON and p.default is not p.empty}
+
+
+_COMMON = ("graph", "analysis", "data", "seed")
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -38,6 +48,34 @@ def get_criterion(name: str) -> Criterion:
 
 
 COMBINE = {"sum": np.sum, "mean": np.mean, "max": np.max}
+
+
+@dataclass(frozen=True)
+class CriterionOptions:
+    """Which criterion scores the channels, how a group's atoms combine, and the criterion's own settings
+    (``params``: ThiNet's ``samples``, weak-layer's ``nu``...), checked against its signature so a
+    misspelt or foreign setting is refused instead of ignored."""
+
+    name: str = "l1"
+    combine: str = "sum"
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = get_criterion(self.name).parameters()
+        unknown = sorted(set(self.params) - set(known))
+        if unknown:
+            takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+            raise OnnxPruneError(f"unknown option(s) {', '.join(unknown)} for criterion '{self.name}' ({takes})")
+        if self.combine not in COMBINE:
+            raise OnnxPruneError(f"unknown --combine '{self.combine}'; choose from {', '.join(COMBINE)}")
+
+    def value(self, key: str):
+        """A setting as the criterion will see it (given, or its default)."""
+        return self.params.get(key, get_criterion(self.name).parameters().get(key))
+
+    def scores(self, graph, analysis, data=None, seed: int = 0) -> np.ndarray:
+        """Per-atom scores (higher = more important)."""
+        return get_criterion(self.name).fn(graph, analysis, data=data, seed=seed, **self.params)
 
 
 def group_scores(atom_scores: np.ndarray, atoms: list[np.ndarray], combine: str = "sum") -> np.ndarray:

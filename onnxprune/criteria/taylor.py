@@ -52,7 +52,7 @@ def first_order_terms(tg, feeds, labels, tensors) -> dict[str, np.ndarray]:
     "original's top-1; needs --calib and torch",
     needs_data=True,
 )
-def taylor(graph, analysis, data=None, **_) -> np.ndarray:
+def taylor(graph, analysis, data=None, seed: int = 0) -> np.ndarray:
 
     if data is None:
         raise OnnxPruneError("taylor needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")

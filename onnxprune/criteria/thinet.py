@@ -109,7 +109,7 @@ def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[s
     "least-squares rescaling of that layer; needs --calib, --samples",
     needs_data=True,
 )
-def thinet(graph, analysis, data=None, samples: int = 2000, seed: int = 0, **_) -> np.ndarray:
+def thinet(graph, analysis, data=None, seed: int = 0, samples: int = 2000) -> np.ndarray:
     contrib = collect(graph, analysis, data, samples, seed)
     roots = analysis.roots
     scores = np.full(len(roots), np.nan)

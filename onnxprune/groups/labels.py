@@ -26,7 +26,7 @@ def compress(labels: np.ndarray) -> np.ndarray:
 
 def labelled_axes(labels: np.ndarray) -> list[int]:
     """Axes that carry channel identity. The analysis never stores a single-position label array
-    (see ``Context.set_labels``), so a size-1 axis is never a channel axis."""
+    (see ``Context.set``), so a size-1 axis is never a channel axis."""
     return [ax for ax, d in enumerate(labels.shape) if d > 1]
 
 
