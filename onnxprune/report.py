@@ -101,6 +101,13 @@ class PruneReport:
 
     def _target_note(self) -> str:
         meta = self.plan.get("meta", {}) if isinstance(self.plan, dict) else {}
+        auto = ""
+        if "round_to_auto" in meta:
+            auto = f" (round-to auto measured on {meta.get('backend', '?')}: {meta.get('round_to')})"
+        return auto + self._target_only(meta)
+
+    @staticmethod
+    def _target_only(meta: dict) -> str:
         for metric in ("macs", "params"):
             if f"target_{metric}" in meta:
                 how = " by blending two uniform ratios" if "blended" in meta else ""

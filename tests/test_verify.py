@@ -80,3 +80,19 @@ def test_float64_evaluation_matches_onnxruntime(deep):
         got, _ = TorchGraph(model, rep.graph.consts, float64=True).run(feeds)
     assert got[0].dtype == torch.float64
     np.testing.assert_allclose(outputs(model, feeds)[0], got[0].numpy(), atol=2e-3)
+
+
+def test_wrong_slice_is_refused_where_the_outputs_cannot_show_it(monkeypatch):
+    """The output is scaled by 1e-8 (as a saturating or random-weight network shrinks a channel's effect):
+    a wrong slice moves it by far less than any output bound, so the rewritten layers' own outputs are
+    compared too, against the masked original at the kept positions."""
+    b = G(shape=(1, 4, 8, 8))
+    h = b.op("Relu", [b.conv(b.x, 4, 8, name="a")])
+    h = b.op("Relu", [b.conv(h, 8, 8, name="b")])
+    b.output(b.op("Mul", [b.conv(h, 8, 3, name="head"), b.const(np.float32(1e-8))]))
+    model = b.model()
+    rep = onnxprune.analyze(model)
+    plan = onnxprune.PruningPlan({g.id: [2, 5] for g in rep.groups if g.prunable})
+    assert {"shift", "drop"} <= set(refuses_wrong_rewrites(monkeypatch, rep.graph, rep.analysis, plan))
+    _, r = onnxprune.prune(model, plan=plan)  # and the correct rewrite still passes
+    assert r.verification["passed"] and r.verification["method"] == "float32"

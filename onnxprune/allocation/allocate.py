@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..bench import BACKENDS
 from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
@@ -41,6 +42,7 @@ class Allocation:
     backend: str = "ort-cpu"
     bench_batch: int | None = None
     bench_threads: int = 0
+    bench_fp16: bool = False
     latency_cache: str | None = None
     nu: float = 0.9
 
@@ -55,6 +57,12 @@ class Allocation:
             raise OnnxPruneError("give one of --target-macs, --target-params, --target-latency")
         if self.target_latency is not None:
             check_target_latency(self.target_latency)
+        if self.target_latency is not None or self.round_to == 0:
+            if self.backend not in BACKENDS:
+                raise OnnxPruneError(f"unknown backend '{self.backend}'; choose from {', '.join(BACKENDS)}")
+            missing = BACKENDS[self.backend].available()
+            if missing:  # before any work: these allocations time rewritten models on the backend
+                raise OnnxPruneError(missing)
         if (self.sensitivity is None) != (self.max_drop is None):
             raise OnnxPruneError("--sensitivity and --max-drop go together")
         modes = [
@@ -94,7 +102,13 @@ def allocate(
     measured = {}
     if round_to == 0:
         round_to, measured = auto_round_to(
-            graph, analysis, alloc.backend, alloc.bench_batch, alloc.bench_threads, rewrite=rewrite
+            graph,
+            analysis,
+            alloc.backend,
+            alloc.bench_batch,
+            alloc.bench_threads,
+            rewrite=rewrite,
+            fp16=alloc.bench_fp16,
         )
     if alloc.target_latency is not None:
         table = latency_table(
@@ -108,6 +122,7 @@ def allocate(
             min_channels=alloc.min_channels,
             progress=progress,
             rewrite=rewrite,
+            fp16=alloc.bench_fp16,
         )
         plan = latency_plan_measured(
             graph,
@@ -119,6 +134,7 @@ def allocate(
             alloc.bench_batch,
             alloc.bench_threads,
             rewrite=rewrite,
+            fp16=alloc.bench_fp16,
         )
         plan.meta["latency_table_cached"] = table["cached"]
     elif alloc.sensitivity is not None:

@@ -47,7 +47,9 @@ def _widths(channels: int, points: int, round_to: int, min_channels: int) -> lis
     return sorted(w for w in ws if w < channels)
 
 
-def _time_variants(graph, analysis, plans: list[PruningPlan], backend: str, batch, threads: int, iters: int, rewrite):
+def _time_variants(
+    graph, analysis, plans: list[PruningPlan], backend: str, batch, threads: int, iters: int, rewrite, fp16=False
+):
     """Median ms of the original and of each plan's model, measured interleaved. ``rewrite`` (the
     rewriter's ``apply_plan``) is passed in by the caller: allocation sits below the rewrite layer."""
 
@@ -65,6 +67,7 @@ def _time_variants(graph, analysis, plans: list[PruningPlan], backend: str, batc
             threads=threads,
             warmup=2,
             iters=iters,
+            fp16=fp16,
         )
     return [m.stats["median_ms"] for m in rep.models]
 
@@ -88,10 +91,11 @@ def latency_table(
     progress: bool = False,
     *,
     rewrite,
+    fp16: bool = False,
 ) -> dict:
 
     runtime = BACKENDS[backend].describe()
-    key = f"{_digest(graph.model)}|{backend}|{batch}|{threads}|{points}|{round_to}|{min_channels}|{runtime}"
+    key = f"{_digest(graph.model)}|{backend}|{batch}|{threads}|{fp16}|{points}|{round_to}|{min_channels}|{runtime}"
     cache = {}
     if cache_path and os.path.exists(cache_path):
         try:
@@ -109,7 +113,7 @@ def latency_table(
         ws = _widths(g.channels, points, round_to, min_channels)
         if ws:
             ms = _time_variants(
-                graph, analysis, [_narrow(analysis, g.id, w) for w in ws], backend, batch, threads, iters, rewrite
+                graph, analysis, [_narrow(analysis, g.id, w) for w in ws], backend, batch, threads, iters, rewrite, fp16
             )
             # each group's row is relative to the original timed in the same interleaved run
             table["groups"][str(g.id)] = {"widths": ws + [g.channels], "saved_ms": [ms[0] - m for m in ms[1:]] + [0.0]}
@@ -186,6 +190,7 @@ def latency_plan_measured(
     rounds: int = 6,
     *,
     rewrite,
+    fp16: bool = False,
 ) -> PruningPlan:
     """Closed loop around ``latency_plan``: the returned plan's latency was measured, not predicted.
 
@@ -199,7 +204,7 @@ def latency_plan_measured(
         plan, pred = latency_plan(analysis, scores, table, budget)
         if tried and plan.remove == tried[-1][3].remove:
             break  # the greedy cannot prune further (every group at its minimum width) or the budget stalled
-        ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters, rewrite)
+        ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters, rewrite, fp16)
         measured = ms[1] / ms[0]
         tried.append((budget, pred, measured, plan))
         log.info("latency budget %.3f: predicted %.3f, measured %.3f", budget, pred, measured)
@@ -241,6 +246,7 @@ def auto_round_to(
     candidates=(32, 16, 8, 4, 2),
     *,
     rewrite,
+    fp16: bool = False,
 ) -> tuple[int, dict]:
     """The channel multiple the runtime rewards, read off a measured staircase.
 
@@ -255,7 +261,7 @@ def auto_round_to(
     top = max(span, (3 * g.channels // 4) // span * span)
     widths = list(range(top, top - span - 1, -1))
     plans = [_narrow(analysis, g.id, w) for w in widths]
-    ms = _time_variants(graph, analysis, plans, backend, batch, threads, iters, rewrite)
+    ms = _time_variants(graph, analysis, plans, backend, batch, threads, iters, rewrite, fp16)
     lat = dict(zip(widths, ms[1:]))
     for m in candidates:
         steps = [w for w in widths if w % m == 0 and w - 1 in lat and w - m // 2 in lat]

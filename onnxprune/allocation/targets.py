@@ -85,7 +85,7 @@ def plan_for_target(
     """The plan whose ``metric`` is closest to ``keep_fraction`` of the original (stops within ``tolerance``
     relative); returns (plan, achieved fraction, knob). Where the knob's steps jump over the target
     (uniform ratios with ``--round-to 8`` move every group at once), ``blend_order`` lets the two plans
-    around it be blended group by group (see ``blend``). Refuses when the closest is over 5% off."""
+    around it be blended group by group (see ``blend``). Refuses when no plan gets down to the target."""
     if metric not in METRICS:
         raise OnnxPruneError(f"unknown target metric '{metric}'")
     if not 0.0 < keep_fraction <= 1.0:
@@ -112,28 +112,27 @@ def plan_for_target(
             hi = mid
             below = (plan, frac, mid) if below is None or frac > below[1] else below
     plan, frac, knob = best
-    if abs(frac - keep_fraction) > tolerance * keep_fraction and above and below and blend_order:
-        blended, bfrac = blend(above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction)
-        if abs(bfrac - keep_fraction) < abs(frac - keep_fraction):
-            plan, frac, knob = blended, bfrac, below[2]
-            plan.meta["blended"] = {
-                "ratios": [above[2], below[2]],
-                "groups_at_higher_ratio": len(plan.meta.pop("_moved")),
-            }
-    if abs(frac - keep_fraction) > 0.05:
-        # a target is a request: the closest plan at or below it, with what it achieved, beats a refusal
-        if frac > keep_fraction and below is not None:
-            plan, frac, knob = below
-        if frac > keep_fraction:
+    if abs(frac - keep_fraction) > tolerance * keep_fraction:
+        # nothing within tolerance: the target is a ceiling, so the closest plan at or below it (two
+        # uniform ratios blended group by group where they jump over it), saying what it achieved
+        if above and below and blend_order:
+            blended, bfrac = blend(above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction)
+            moved = blended.meta.pop("_moved")
+            if below[1] < bfrac <= keep_fraction:
+                blended.meta["blended"] = {"ratios": [above[2], below[2]], "groups_at_higher_ratio": len(moved)}
+                below = (blended, bfrac, below[2])
+        if below is None:
             raise OnnxPruneError(
                 f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups (closest: {frac:.3f})"
             )
-        log.warning(
-            "no allocation lands within 5%% of %.3f of the %s; taking the closest at or below it: %.3f",
-            keep_fraction,
-            metric,
-            frac,
-        )
+        plan, frac, knob = below
+        if keep_fraction - frac > 0.05:
+            log.warning(
+                "no allocation lands within 5%% of %.3f of the %s; taking the closest below it: %.3f",
+                keep_fraction,
+                metric,
+                frac,
+            )
     plan.meta.update({f"target_{metric}": keep_fraction, f"achieved_{metric}": frac})
     return plan, frac, knob
 

@@ -43,6 +43,11 @@ def prepare(path: str, feeds: dict[str, np.ndarray], threads: int = 0, **_):
     return run_once, lambda: None
 
 
+def available() -> str | None:
+    """onnxruntime is a core dependency: always there."""
+    return None
+
+
 def describe() -> str:
     import onnxruntime as ort
 

@@ -13,10 +13,10 @@ import onnx
 from ..errors import OnnxPruneError
 from ..load import random_feeds, resolve_input_shapes
 from ..progress import bar as progress_bar
-from . import ort_cpu, trt
+from . import ort_cpu, torch_cuda, trt
 from .stats import speedup_ci, summarize
 
-BACKENDS = {"ort-cpu": ort_cpu, "trt": trt}
+BACKENDS = {"ort-cpu": ort_cpu, "trt": trt, "torch-cuda": torch_cuda}
 
 
 @dataclass
@@ -113,6 +113,7 @@ def benchmark(
     iters: int | None = 100,
     seconds: float | None = None,
     fp16: bool = False,
+    compile: bool = False,
     cache_dir: str | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -144,7 +145,7 @@ def benchmark(
         for p in paths:
             shapes = bench_shapes(p, batch, input_shapes or {})
             feeds = random_feeds(onnx.load(p, load_external_data=False), shapes, seed)
-            run_once, close = mod.prepare(p, feeds, threads=threads, fp16=fp16, cache_dir=cache_dir)
+            run_once, close = mod.prepare(p, feeds, threads=threads, fp16=fp16, compile=compile, cache_dir=cache_dir)
             runners.append(run_once)
             closers.append(close)
             shapes_of.append(shapes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bench import benchmark
+from ..bench import BACKENDS, benchmark
 from ..load import parse_input_shapes
 from ..save import save_json
 
@@ -12,13 +12,16 @@ from ..save import save_json
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="latency of models side by side (interleaved) on ort-cpu or trt",
+        help="latency of models side by side (interleaved) on ort-cpu, trt or torch-cuda",
         description="Time models interleaved in one process; speedups are against the first "
         "model, with a paired bootstrap 95%% confidence interval.",
     )
     p.add_argument("models", nargs="+", help="ONNX models; the first is the reference for speedups")
-    p.add_argument("--backend", default="ort-cpu", choices=["ort-cpu", "trt"])
-    p.add_argument("--fp16", action="store_true", help="trt: FP16 engine")
+    p.add_argument("--backend", default="ort-cpu", choices=list(BACKENDS))
+    p.add_argument("--fp16", action="store_true", help="trt: FP16 engine; torch-cuda: FP16 autocast")
+    p.add_argument(
+        "--compile", action="store_true", help="torch-cuda: torch.compile with CUDA graphs (no launch overhead)"
+    )
     p.add_argument("--threads", type=int, default=0, help="ort-cpu: intra-op threads (0 = onnxruntime's default)")
     p.add_argument("--batch", type=int, default=None, help="size of a dynamic leading dim (default 1)")
     p.add_argument(
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         iters=iters,
         seconds=args.seconds,
         fp16=args.fp16,
+        compile=args.compile,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )

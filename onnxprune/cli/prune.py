@@ -9,7 +9,7 @@ import os
 from .. import prune
 from ..allocation.allocate import DEFAULT_ROUND_TO, Allocation
 from ..allocation.sensitivity import load_sensitivity
-from ..bench import benchmark
+from ..bench import BACKENDS, benchmark
 from ..criteria import CRITERIA, CriterionOptions, get_criterion
 from ..errors import OnnxPruneError
 from ..load import parse_input_shapes
@@ -129,10 +129,13 @@ def register(sub) -> None:
     a.add_argument(
         "--backend",
         default="ort-cpu",
-        choices=["ort-cpu", "trt"],
+        choices=list(BACKENDS),
         help="runtime for --target-latency and --round-to auto",
     )
     a.add_argument("--bench-threads", type=int, default=0, help="ort-cpu threads for latency measurements")
+    a.add_argument(
+        "--bench-fp16", action="store_true", help="latency measurements in FP16 (trt, torch-cuda: tensor cores)"
+    )
     a.add_argument(
         "--bench-batch", type=int, default=None, help="batch for latency measurements (default: the analysis shape)"
     )
@@ -249,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         bench_batch=args.bench_batch,
         bench_threads=args.bench_threads,
+        bench_fp16=args.bench_fp16,
         latency_cache=os.path.splitext(args.model)[0] + ".latency.json",
         nu=args.nu,
     )
@@ -291,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
             args.backend,
             batch=args.bench_batch,
             threads=args.bench_threads,
+            fp16=args.bench_fp16,
             input_shapes=parse_input_shapes(args.input_shape),
             warmup=3,
             iters=30,
