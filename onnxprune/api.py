@@ -16,6 +16,7 @@ from .criteria.thinet import rescale as thinet_rescale
 from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
 from .evaluation import evaluate as _evaluate
+from .evaluation import evaluate_task
 from .groups import analyse
 from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_model
 from .options import PruneOptions, resolve
@@ -53,8 +54,17 @@ def _group_macs(analysis, counts) -> None:
             analysis.groups[gid].macs += counts.per_node.get(node, 0)
 
 
-def evaluate(model, data, reference=None, input_shapes=None, progress: bool = False) -> dict:
-    """Top-1/top-5 on labelled data; agreement, |diff| and KL against ``reference`` when given."""
+def evaluate(model, data=None, reference=None, input_shapes=None, progress: bool = False, task=None) -> dict:
+    """Top-1/top-5 on labelled data; agreement, |diff| and KL against ``reference`` when given. With
+    ``task`` (a callable or ``module:function``, see ``evaluation.evaluate_task``) the task's own metrics
+    instead, for the model and the reference."""
+    if task is not None:  # the task feeds its own sizes: no shape analysis needed
+        res = {"task": evaluate_task(model if isinstance(model, Graph) else read_model(model), task)}
+        if reference is not None:
+            res["reference"] = evaluate_task(reference if isinstance(reference, Graph) else read_model(reference), task)
+        return res
+    if data is None:
+        raise OnnxPruneError("evaluate needs data (labelled or with a reference) or a task")
 
     graph = model if isinstance(model, Graph) else load(model, input_shapes)
     ref = None
@@ -241,7 +251,7 @@ def sensitivity(
     criterion: str = "l1",
     ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     *,
-    data,
+    data=None,
     calib=None,
     exclude=(),
     input_shapes=None,
@@ -249,14 +259,20 @@ def sensitivity(
     seed: int = 0,
     jobs: int = 1,
     progress: bool = False,
+    task=None,
     **criterion_options,
 ) -> dict:
     """Prune one group at a time at each ratio (channels chosen by ``criterion`` on ``calib``) and measure
-    top-1 (labels) or agreement and KL with the original on ``data``; see sensitivity_measure.py."""
+    top-1 (labels) or agreement and KL with the original on ``data``, or the primary metric of ``task``
+    (see ``evaluation.evaluate_task``); see sensitivity_measure.py."""
+    if (data is None) == (task is None):
+        raise OnnxPruneError("sensitivity needs evaluation data (--data) or a task (--task), not both")
 
     report = analyze(model, input_shapes, exclude)
     scores = score_groups(report.graph, report.analysis, criterion, combine, seed, data=calib, **criterion_options)
-    res = run_sensitivity(report.graph, report.analysis, scores, list(ratios), as_data(data), exclude, jobs, progress)
+    res = run_sensitivity(
+        report.graph, report.analysis, scores, list(ratios), as_data(data), exclude, jobs, progress, task=task
+    )
     res.update(criterion=criterion, model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else "")
     return res
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .data import DataSpec, open_data
+from .errors import OnnxPruneError
+from .plugins import load_callable
 from .progress import bar
 from .runtime import make_session
 
@@ -54,3 +56,31 @@ def evaluate(graph, spec: DataSpec, reference_graph=None, progress: bool = False
             kl_divergence=kl_sum / n,
         )
     return res
+
+
+def evaluate_task(model, task) -> dict[str, float]:
+    """A task plug-in's metrics for ``model`` (a ModelProto or a Graph).
+
+    ``task`` is a callable or ``module:function`` / ``file.py:function``; it is called with
+    ``predict(feeds) -> list of output arrays`` and returns a dict of metrics whose first key is the
+    primary one (higher is better), e.g. ``{"char_accuracy": 93.4, "line_accuracy": 62.3}``. Its own data,
+    pre- and post-processing stay the user's, as in their deployment."""
+    fn = load_callable(task, "task") if isinstance(task, str) else task
+    sess = make_session(getattr(model, "model", model))
+
+    def predict(feeds: dict) -> list:
+        return sess.run(None, feeds)
+
+    res = fn(predict)
+    if not isinstance(res, dict) or not res:
+        raise OnnxPruneError(f"task {getattr(fn, '__name__', fn)} must return a non-empty dict of metrics")
+    try:
+        return {str(k): float(v) for k, v in res.items()}
+    except (TypeError, ValueError):
+        raise OnnxPruneError(f"task {getattr(fn, '__name__', fn)} returned a non-numeric metric") from None
+
+
+def primary(metrics: dict[str, float]) -> tuple[str, float]:
+    """The task's primary metric: its first key."""
+    name = next(iter(metrics))
+    return name, metrics[name]

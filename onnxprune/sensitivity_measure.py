@@ -18,6 +18,7 @@ from .allocation.sensitivity import FORMAT
 from .allocation.uniform import kept_count, plan_from_counts
 from .data import open_data
 from .errors import OnnxPruneError
+from .evaluation import evaluate_task, primary
 from .groups import Analysis, analyse
 from .load import build_graph
 from .progress import bar as progress_bar
@@ -63,7 +64,10 @@ def _point(task: tuple[int, float, int]) -> dict:
     s = _STATE
     plan = plan_from_counts(s["analysis"], s["scores"], {gid: n})
     model = apply_plan(s["graph"], s["analysis"], plan)
-    m = metrics(_logits(model, s["feeds"]), s["ref"], s["labels"])
+    if s.get("task") is not None:  # the user's metric on their own data (first key: the primary one)
+        m = evaluate_task(model, s["task"])
+    else:
+        m = metrics(_logits(model, s["feeds"]), s["ref"], s["labels"])
     return {"group": gid, "ratio": ratio, "removed": len(plan.remove.get(gid, [])), **m}
 
 
@@ -76,20 +80,29 @@ def run_sensitivity(
     exclude=(),
     jobs: int = 1,
     progress: bool = False,
+    task=None,
 ) -> dict:
+    """``data`` evaluates top-1 (labels) or agreement with the original; ``task`` (a callable or
+    ``module:function``, see ``evaluation.evaluate_task``) evaluates the user's own metric instead."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise OnnxPruneError("--ratios must be numbers in (0, 1), e.g. 0.1,0.2,0.3")
     if jobs < 1:
         raise OnnxPruneError("--jobs must be at least 1")
-    batches = list(open_data(data, graph))
-    feeds = [f for f, _ in batches]
-    labels = (
-        None
-        if any(lab is None for _, lab in batches)
-        else np.concatenate([np.asarray(lab).reshape(-1) for _, lab in batches])
-    )
-    ref = _logits(graph.model, feeds)
-    base = metrics(ref, ref, labels)
+    if task is not None:
+        feeds, labels, ref = [], None, None
+        base = evaluate_task(graph.model, task)
+        metric = primary(base)[0]
+    else:
+        batches = list(open_data(data, graph))
+        feeds = [f for f, _ in batches]
+        labels = (
+            None
+            if any(lab is None for _, lab in batches)
+            else np.concatenate([np.asarray(lab).reshape(-1) for _, lab in batches])
+        )
+        ref = _logits(graph.model, feeds)
+        base = metrics(ref, ref, labels)
+        metric = "top1" if labels is not None else "top1_agreement"
     tasks = []
     for g in analysis.groups:
         if not g.prunable or np.isnan(scores[g.id]).any():
@@ -98,7 +111,9 @@ def run_sensitivity(
             n = g.channels - kept_count(g.channels, r)
             if n > 0:
                 tasks.append((g.id, r, n))
-    state = {"scores": scores, "feeds": feeds, "ref": ref, "labels": labels}
+    if task is not None and jobs > 1 and not isinstance(task, str):
+        raise OnnxPruneError("with --jobs > 1 the task must be named as module:function (workers import it)")
+    state = {"scores": scores, "feeds": feeds, "ref": ref, "labels": labels, "task": task}
     bar = None
     if progress:
         bar = progress_bar(total=len(tasks), desc="sensitivity", unit="model")
@@ -123,7 +138,6 @@ def run_sensitivity(
                     bar.update()
     if bar is not None:
         bar.close()
-    metric = "top1" if labels is not None else "top1_agreement"
     groups = []
     for g in analysis.groups:
         pts = [r for r in results if r["group"] == g.id]
@@ -142,7 +156,7 @@ def run_sensitivity(
         "format": FORMAT,
         "metric": metric,
         "baseline": base,
-        "samples": len(ref),
+        "samples": len(ref) if ref is not None else None,
         "ratios": sorted(set(ratios)),
         "groups": groups,
     }
@@ -173,7 +187,8 @@ def plot(result: dict, path: str) -> bool:
         ys = [base] + [p[metric] for p in g["points"]]
         ax.plot(xs, ys, marker=".", linewidth=1, label=f"{g['id']}: {g['sources'][0][-28:]}")
     ax.set_xlabel("fraction of the group's channels removed")
-    ax.set_ylabel("top-1 (%)" if metric == "top1" else "top-1 agreement with the original (%)")
+    labels = {"top1": "top-1 (%)", "top1_agreement": "top-1 agreement with the original (%)"}
+    ax.set_ylabel(labels.get(metric, metric))
     ax.set_title("Sensitivity: one group pruned at a time")
     if len(result["groups"]) <= 24:
         ax.legend(fontsize=6, ncol=2)

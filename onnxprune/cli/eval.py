@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .. import evaluate
+from ..errors import OnnxPruneError
 from ..save import save_json
 from .common import add_data_args, add_model_args, data_spec
 
@@ -18,15 +19,24 @@ def register(sub) -> None:
         description="Evaluate a model on data (streamed).",
     )
     add_model_args(p)
-    add_data_args(p, "--data", required=True)
+    add_data_args(p, "--data", required=False)
     p.add_argument("--reference", help="original model to compare against (top-1 agreement, |diff|, KL)")
+    p.add_argument(
+        "--task",
+        metavar="MODULE:FUNCTION",
+        help="your own metric instead of top-1: module:function or file.py:function, called with "
+        "predict(feeds) -> outputs, returning a dict of metrics (first = primary, higher is better)",
+    )
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
 
-    res = evaluate(args.model, data_spec(args, "data"), args.reference, args.input_shape, progress=True)
+    if (args.data is None) == (args.task is None):
+        raise OnnxPruneError("give --data (top-1, agreement) or --task (your own metric)")
+    data = data_spec(args, "data") if args.data is not None else None
+    res = evaluate(args.model, data, args.reference, args.input_shape, progress=True, task=args.task)
     print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in res.items()}))
     if args.json:
         save_json(res, args.json)

@@ -12,7 +12,8 @@ from ..allocation.sensitivity import load_sensitivity
 from ..bench import BACKENDS, benchmark
 from ..criteria import CRITERIA, CriterionOptions, get_criterion
 from ..errors import OnnxPruneError
-from ..load import parse_input_shapes
+from ..evaluation import evaluate_task, primary
+from ..load import parse_input_shapes, read_model
 from ..options import PruneOptions
 from ..plan import PruningPlan
 from ..recovery import RecoveryOptions
@@ -213,6 +214,12 @@ def register(sub) -> None:
         help="ridge strength towards the plain pruned weights, relative to the data scale (default 1e-3)",
     )
     add_data_args(p)
+    p.add_argument(
+        "--task",
+        metavar="MODULE:FUNCTION",
+        help="evaluate the original and the pruned model with your own metric (as in `onnxprune eval`); "
+        "both go into the report",
+    )
     p.set_defaults(func=run)
 
 
@@ -287,6 +294,9 @@ def run(args: argparse.Namespace) -> int:
             )
             return 0
         log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
+    task = None
+    if args.task:  # before anything is written: a failing task leaves no output behind
+        task = {"original": evaluate_task(read_model(args.model), args.task), "pruned": evaluate_task(model, args.task)}
     save_model(model, args.output, external=args.external_data or None)
     measured = None
     if args.target_latency is not None:
@@ -315,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
             pngs = plots(report, os.path.splitext(r)[0])
             save_text(markdown(report, args.model, args.output, files, pngs), r)
         else:
-            save_json({**report.to_json(), "files": files, **({"latency": measured} if measured else {})}, r)
+            extra = {**({"latency": measured} if measured else {}), **({"task": task} if task else {})}
+            save_json({**report.to_json(), "files": files, **extra}, r)
     if args.save_plan:
         save_json(report.plan, args.save_plan)
     print(report.summary())
@@ -330,6 +341,9 @@ def run(args: argparse.Namespace) -> int:
             f"recovery: {done}"
             + (f"; {len(rec['skipped'])} layers left as they are (see the report)" if rec.get("skipped") else "")
         )
+    if task:
+        name, before = primary(task["original"])
+        print(f"task {name}: {before:.2f} -> {task['pruned'][name]:.2f}")
     if measured:
         print(
             f"latency on {measured['backend']}: {measured['original_ms']:.2f} ms -> {measured['pruned_ms']:.2f} ms "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
 from .. import sensitivity
 from ..errors import OnnxPruneError
@@ -23,8 +24,13 @@ def register(sub) -> None:
     )
     add_model_args(p)
     add_selection_args(p)
-    add_data_args(p, "--calib", required=True)
+    add_data_args(p, "--calib", required=False)
     p.add_argument("--eval", metavar="DATA", help="evaluation data (default: --calib); labels give top-1")
+    p.add_argument(
+        "--task",
+        metavar="MODULE:FUNCTION",
+        help="measure your own metric instead (module:function or file.py:function, as in `onnxprune eval`)",
+    )
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
     p.add_argument("--criterion", default="l1", help="which channels go at each ratio")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
@@ -42,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
     stem = args.output[:-5] if args.output.endswith(".json") else args.output
     for ext in (".json", ".csv", ".png"):
         check_output_path(stem + ext, [args.model])
-    calib = data_spec(args)
-    ev = calib
-    if args.eval:
-        from dataclasses import replace
-
-        ev = replace(calib, source=args.eval)
+    if args.task is None and args.calib is None:
+        raise OnnxPruneError("sensitivity needs --calib (evaluation data, or --eval) or --task")
+    calib = data_spec(args) if args.calib is not None else None
+    ev = None
+    if args.task is None:
+        ev = replace(calib, source=args.eval) if args.eval else calib
     res = sensitivity(
         args.model,
         args.criterion,
@@ -59,13 +65,16 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         jobs=args.jobs,
         progress=not args.quiet,
+        task=args.task,
     )
     save_json(res, stem + ".json")
     save_text(to_csv(res), stem + ".csv")
     wrote = [stem + ".json", stem + ".csv"] + ([stem + ".png"] if plot(res, stem + ".png") else [])
     m = res["metric"]
     print(
-        f"baseline {m} {res['baseline'][m]:.2f} on {res['samples']} samples; {len(res['groups'])} groups x "
+        f"baseline {m} {res['baseline'][m]:.2f}"
+        + (f" on {res['samples']} samples" if res["samples"] else " (task)")
+        + f"; {len(res['groups'])} groups x "
         f"{len(res['ratios'])} ratios"
     )
     for g in sorted(res["groups"], key=lambda g: -max(p["drop"] for p in g["points"]))[:10]:

@@ -2,15 +2,14 @@
 
 Accepted everywhere: ``random:N``; a ``.npz`` (arrays keyed by input name, or one array for a
 single-input model, optional ``labels``); a ``.npy``; a folder of images (class sub-folders give labels)
-with explicit preprocessing; ``package.module:function`` returning feed dicts; in the API also an
-iterable of feed dicts or an onnxruntime ``CalibrationDataReader`` (``get_next() -> dict | None``).
+with explicit preprocessing; ``package.module:function`` or ``file.py:function`` returning feed dicts; in
+the API also an iterable of feed dicts or an onnxruntime ``CalibrationDataReader`` (``get_next() -> dict | None``).
 Everything is streamed batch by batch and checked against the model's inputs with a one-line error.
 """
 
 from __future__ import annotations
 
 import glob
-import importlib
 import logging
 import os
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from onnx import helper
 
 from ..errors import OnnxPruneError
 from ..load import random_feeds
+from ..plugins import load_callable
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +225,7 @@ def _images(spec, graph, folder):
 
 
 def _callable(spec, target):
-    mod, _, fn = target.partition(":")
-    try:
-        obj = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise OnnxPruneError(f"cannot import data function '{target}': {e}") from None
-    result = obj()
+    result = load_callable(target, "data function")()
     if hasattr(result, "get_next"):
         yield from _reader(result)
         return
