@@ -23,7 +23,10 @@ CJK_FONT_GLOBS = (
     "/usr/share/fonts/truetype/arphic/ukai.ttc",
     "/usr/share/fonts/truetype/arphic/uming.ttc",
 )
-LATIN_FONT_GLOBS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans*.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSerif*.ttf")
+LATIN_FONT_GLOBS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans*.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif*.ttf",
+)
 WORDS = (
     "the of and to in is for on with by from at as or not this that data model time price total order "
     "name date page line text number open close start end model speed north south east west report "
@@ -109,8 +112,14 @@ def style(rng: np.random.Generator, cjk: bool, size=(28, 44)) -> Style:
     fonts = cjk_fonts() if cjk or rng.random() < 0.5 else latin_fonts()
     fg = tuple(int(v) for v in rng.integers(0, 90, 3))
     bg = tuple(int(v) for v in rng.integers(170, 256, 3))
-    return Style(str(fonts[int(rng.integers(len(fonts)))]), int(rng.integers(*size)), fg, bg,
-                 float(rng.uniform(0, 8)), float(rng.choice([0.0, 0.0, 0.6])))
+    return Style(
+        str(fonts[int(rng.integers(len(fonts)))]),
+        int(rng.integers(*size)),
+        fg,
+        bg,
+        float(rng.uniform(0, 8)),
+        float(rng.choice([0.0, 0.0, 0.6])),
+    )
 
 
 def _finish(img: Image.Image, st: Style, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import render  # noqa: E402
+import render
 
 REAL = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "real-models"))
 DICT = os.path.join(REAL, "ppocrv5", "ppocrv5_dict.txt")
@@ -176,8 +176,15 @@ def _db():
     from onnxocr.db_postprocess import DBPostProcess
 
     # onnxocr's defaults (utils.py): thresh 0.2, box_thresh 0.45, unclip 1.4, fast scoring, quads
-    return DBPostProcess(thresh=0.2, box_thresh=0.45, max_candidates=3000, unclip_ratio=1.4, use_dilation=False,
-                         score_mode="fast", box_type="quad")
+    return DBPostProcess(
+        thresh=0.2,
+        box_thresh=0.45,
+        max_candidates=3000,
+        unclip_ratio=1.4,
+        use_dilation=False,
+        score_mode="fast",
+        box_type="quad",
+    )
 
 
 def _match(pred: list[tuple], gt: list[tuple], thr: float = 0.5) -> tuple[int, int, int]:
@@ -249,8 +256,15 @@ def chardet(predict, n: int = 300) -> dict:
         out = np.asarray(predict({"images": chardet_input(img)[None]})[0])
         pred = eng.demo_postprocess(out, (416, 416))[0]
         boxes, scores = pred[:, :4], pred[:, 4:5] * pred[:, 5:]
-        xyxy = np.stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2,
-                         boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2], 1)
+        xyxy = np.stack(
+            [
+                boxes[:, 0] - boxes[:, 2] / 2,
+                boxes[:, 1] - boxes[:, 3] / 2,
+                boxes[:, 0] + boxes[:, 2] / 2,
+                boxes[:, 1] + boxes[:, 3] / 2,
+            ],
+            1,
+        )
         dets = eng.multiclass_nms(xyxy, scores, nms_thr=0.45, score_thr=0.1)
         found = [] if dets is None else [tuple(d[:4]) for d in dets]
         counts.append(_match(found, gt))

@@ -21,6 +21,7 @@ class RecoveryOptions:
     recalibrate: bool = False
     samples: int = 8192  # sample positions per refitted layer
     ridge: float = 1e-3
+    memory_budget: int | None = None  # bytes of activations kept in memory (None: 40% of what is free)
 
     def reconstructs(self, have_data: bool) -> bool:
         return self.reconstruct if self.reconstruct is not None else have_data
@@ -35,12 +36,15 @@ def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, p
     recalibration last re-standardises whatever the refit left."""
     batches = load_batches(data, rec.original)
     out: dict = {"timings_s": {}}
+    breakdown: dict = {}
     steps = [
         ("bias_compensated", options.bias_compensation, lambda: compensate_bias(rec, batches)),
         (
             "reconstructed",
             options.reconstructs(True),
-            lambda: reconstruct(rec, batches, options.samples, options.ridge, seed, progress),
+            lambda: reconstruct(
+                rec, batches, options.samples, options.ridge, seed, progress, options.memory_budget, breakdown
+            ),
         ),
         ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress)),
     ]
@@ -50,6 +54,8 @@ def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, p
         t = time.perf_counter()
         out[key] = fn()
         out["timings_s"][key] = round(time.perf_counter() - t, 4)
+    if breakdown:
+        out["timings_s"]["reconstruct_steps"] = breakdown
     out["skipped"] = dict(rec.skipped)
     return out
 

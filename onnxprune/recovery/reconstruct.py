@@ -14,12 +14,15 @@ equations are accumulated batch by batch, so memory is K^2 per group whatever th
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from onnx import numpy_helper
 
 from ..progress import bar
 from .layers import Layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
-from .passes import Recovery, stream, waves
+from .passes import Recovery, stream
+from .propagate import Propagation
 
 
 def _out_channels(layer: Layer, w: np.ndarray) -> int:
@@ -48,58 +51,75 @@ def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, se
 
 
 def reconstruct(
-    rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3, seed: int = 0, progress: bool = False
+    rec: Recovery,
+    batches,
+    samples: int = 8192,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+    budget: int | None = None,
+    timings: dict | None = None,
 ) -> list[str]:
-    """Refit every refittable layer that lost inputs; returns the layers changed (in graph order)."""
+    """Refit every refittable layer that lost inputs; returns the layers changed (in graph order).
 
+    One pass of the original model collects the targets at sampled positions; one propagation of the
+    pruned model (``Propagation``) brings each layer its inputs with every upstream layer already refitted.
+    ``timings`` (if given) receives the seconds of the original pass, the propagation and the solves."""
+    timings = {} if timings is None else timings
     layers = rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
     if not layers:
         return []
+    t0 = time.perf_counter()
     pos, targets = sample_targets(rec, layers, batches, samples, seed)
-    by_name = {lay.node: lay for lay in layers}
+    timings["original_pass"] = round(time.perf_counter() - t0, 4)
+    order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
     changed = []
-    for wave in bar(waves(rec.pruned, list(by_name)), desc="reconstruct", unit="wave", enabled=progress):
-        wave_layers = [by_name[n] for n in wave]
-        acc: dict[str, list] = {}
-        weights = {lay.node: numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64) for lay in wave_layers}
-        for lay in list(wave_layers):
-            o = _out_channels(lay, weights[lay.node])
+    t1 = time.perf_counter()
+    with Propagation(rec.pruned, batches, budget) as prop:
+        for lay in bar(
+            sorted(layers, key=lambda lay: order[lay.node]), desc="reconstruct", unit="layer", enabled=progress
+        ):
+            prop.run_until(lay.node)
+            w = numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64)
+            o = _out_channels(lay, w)
             if targets[lay.node][0].shape[1] != o:
                 rec.skipped[lay.node] = f"output channels do not correspond ({targets[lay.node][0].shape[1]} vs {o})"
-                wave_layers.remove(lay)
-
-        def fit(b, arrs, wave_layers=wave_layers, weights=weights, acc=acc):
-            for lay in wave_layers:
-                node = rec.nodes[lay.node]
-                w = weights[lay.node]
-                x = np.asarray(arrs[node.input[0]], dtype=np.float64)
-                p = patches(lay, node, x, pos[lay.node][b], w.shape[2:])
-                if lay.op_type != "MatMul":  # intercept column: the bias is refitted too
-                    p = np.concatenate([p, np.ones(p.shape[:2] + (1,))], axis=2)
-                y = targets[lay.node][b].reshape(len(p), lay.groups, -1)
-                pt = p.transpose(1, 2, 0)
-                xtx, xty = pt @ p.transpose(1, 0, 2), pt @ y.transpose(1, 0, 2)
-                if lay.node in acc:
-                    acc[lay.node][0] += xtx
-                    acc[lay.node][1] += xty
-                else:
-                    acc[lay.node] = [xtx, xty]
-
-        stream(rec.pruned, sorted({rec.nodes[lay.node].input[0] for lay in wave_layers}), batches, {}, fit)
-        for lay in wave_layers:
-            w = weights[lay.node]
-            m0 = to_mats(lay, w)
-            if lay.op_type != "MatMul":
-                b0 = bias_vector(lay, rec.inits, _out_channels(lay, w)).reshape(lay.groups, 1, -1)
-                m0 = np.concatenate([m0, b0], axis=1)
-            xtx, xty = acc[lay.node]
-            k = xtx.shape[-1]
-            lam = ridge * np.trace(xtx, axis1=1, axis2=2) / k + 1e-12
-            a = xtx + lam[:, None, None] * np.eye(k)[None]
-            m = np.linalg.solve(a, xty + lam[:, None, None] * m0)
-            if lay.op_type == "MatMul":
-                set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m, w.shape), None)
-            else:
-                set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m[:, :-1], w.shape), m[:, -1].reshape(-1))
+                continue
+            node = rec.nodes[lay.node]
+            xtx = xty = None
+            for b, x in enumerate(prop.tensor(node.input[0])):
+                a, c = _normal_equations(
+                    lay, node, np.asarray(x, np.float64), pos[lay.node][b], w.shape, targets[lay.node][b]
+                )
+                xtx, xty = (a, c) if xtx is None else (xtx + a, xty + c)
+            _solve(rec, lay, w, xtx, xty, ridge)
             changed.append(lay.node)
+        timings["propagation"] = round(prop.seconds_run, 4)
+        timings["segments"] = prop.segments
+    timings["solves"] = round(time.perf_counter() - t1 - prop.seconds_run, 4)
     return changed
+
+
+def _normal_equations(lay: Layer, node, x: np.ndarray, pos, w_shape, target: np.ndarray):
+    """One batch's X'X and X'Y per group, the intercept column included where the layer has a bias."""
+    p = patches(lay, node, x, pos, w_shape[2:])
+    if lay.op_type != "MatMul":  # intercept column: the bias is refitted too
+        p = np.concatenate([p, np.ones(p.shape[:2] + (1,))], axis=2)
+    y = target.reshape(len(p), lay.groups, -1)
+    pt = p.transpose(1, 2, 0)
+    return pt @ p.transpose(1, 0, 2), pt @ y.transpose(1, 0, 2)
+
+
+def _solve(rec: Recovery, lay: Layer, w: np.ndarray, xtx: np.ndarray, xty: np.ndarray, ridge: float) -> None:
+    """Ridge towards the current weights: min ||Y - XW||^2 + lam ||W - W0||^2, lam scale-free."""
+    m0 = to_mats(lay, w)
+    if lay.op_type != "MatMul":
+        b0 = bias_vector(lay, rec.inits, _out_channels(lay, w)).reshape(lay.groups, 1, -1)
+        m0 = np.concatenate([m0, b0], axis=1)
+    k = xtx.shape[-1]
+    lam = ridge * np.trace(xtx, axis1=1, axis2=2) / k + 1e-12
+    m = np.linalg.solve(xtx + lam[:, None, None] * np.eye(k)[None], xty + lam[:, None, None] * m0)
+    if lay.op_type == "MatMul":
+        set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m, w.shape), None)
+    else:
+        set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m[:, :-1], w.shape), m[:, -1].reshape(-1))

@@ -1,0 +1,120 @@
+"""One-propagation recovery equals the sequential refit it replaces (one full pass per wave), and the
+frontier it keeps can live on disk without changing a thing."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import onnx
+import pytest
+from graphs import G
+from helpers import feeds_for, outputs
+from onnx import numpy_helper
+
+import onnxprune
+from onnxprune.recovery import Recovery, load_batches, reconstruct
+from onnxprune.recovery.layers import from_mats, patches, set_weight, to_mats
+from onnxprune.recovery.passes import stream, waves
+from onnxprune.recovery.propagate import Propagation
+from onnxprune.recovery.reconstruct import _out_channels, bias_vector, sample_targets
+
+CALIB = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_train_256.npz")
+
+
+def sequential_refit(rec: Recovery, batches, samples: int, ridge: float, seed: int = 0) -> list[str]:
+    """The refit as it was before propagation: one full pass of the pruned model per wave of layers."""
+    layers = rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
+    pos, targets = sample_targets(rec, layers, batches, samples, seed)
+    by_name = {lay.node: lay for lay in layers}
+    changed = []
+    for wave in waves(rec.pruned, list(by_name)):
+        wave_layers = [by_name[n] for n in wave]
+        weights = {lay.node: numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64) for lay in wave_layers}
+        acc: dict = {}
+
+        def fit(b, arrs, wave_layers=wave_layers, weights=weights, acc=acc):
+            for lay in wave_layers:
+                node = rec.nodes[lay.node]
+                p = patches(
+                    lay,
+                    node,
+                    np.asarray(arrs[node.input[0]], np.float64),
+                    pos[lay.node][b],
+                    weights[lay.node].shape[2:],
+                )
+                if lay.op_type != "MatMul":
+                    p = np.concatenate([p, np.ones(p.shape[:2] + (1,))], axis=2)
+                y = targets[lay.node][b].reshape(len(p), lay.groups, -1)
+                pt = p.transpose(1, 2, 0)
+                a, c = pt @ p.transpose(1, 0, 2), pt @ y.transpose(1, 0, 2)
+                acc[lay.node] = (a, c) if lay.node not in acc else (acc[lay.node][0] + a, acc[lay.node][1] + c)
+
+        stream(rec.pruned, sorted({rec.nodes[lay.node].input[0] for lay in wave_layers}), batches, {}, fit)
+        for lay in wave_layers:
+            w = weights[lay.node]
+            m0 = to_mats(lay, w)
+            if lay.op_type != "MatMul":
+                m0 = np.concatenate(
+                    [m0, bias_vector(lay, rec.inits, _out_channels(lay, w)).reshape(lay.groups, 1, -1)], 1
+                )
+            xtx, xty = acc[lay.node]
+            k = xtx.shape[-1]
+            lam = ridge * np.trace(xtx, axis1=1, axis2=2) / k + 1e-12
+            m = np.linalg.solve(xtx + lam[:, None, None] * np.eye(k)[None], xty + lam[:, None, None] * m0)
+            bias = None if lay.op_type == "MatMul" else m[:, -1].reshape(-1)
+            set_weight(lay, rec.pruned, rec.inits, from_mats(lay, m if bias is None else m[:, :-1], w.shape), bias)
+            changed.append(lay.node)
+    return changed
+
+
+def _setup(model, plan_ratio=0.4, data=CALIB):
+    rep = onnxprune.analyze(model)
+    pruned, r = onnxprune.prune(rep.graph, "l1", plan_ratio, round_to=1)
+    plan = onnxprune.PruningPlan.from_json(r.plan)
+    batches = load_batches(onnxprune.DataSpec(data, batch_size=64), rep.graph)
+    return rep, plan, pruned, batches
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("budget", [None, 0])  # 0: every frontier tensor spilled to disk
+def test_propagation_refit_equals_the_sequential_refit(trained_models, budget):
+    rep, plan, pruned, batches = _setup(os.path.join(trained_models, "resnet20.onnx"))
+    old = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
+    new = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
+    want = sequential_refit(old, batches, 2048, 1e-3)
+    timings: dict = {}
+    got = reconstruct(new, batches, 2048, 1e-3, budget=budget, timings=timings)
+    assert sorted(got) == sorted(want) and len(got) > 10
+    a, b = _weights(old.pruned), _weights(new.pruned)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=2e-3, atol=2e-4 * max(1.0, float(np.abs(a[name]).max())))
+    feeds = feeds_for(old.pruned, ["input:8x1x28x28"])
+    np.testing.assert_allclose(outputs(new.pruned, feeds)[0], outputs(old.pruned, feeds)[0], rtol=1e-3, atol=1e-3)
+    assert set(timings) >= {"original_pass", "propagation", "solves"} and timings["segments"] == len(got) + 0
+
+
+def test_frontier_holds_only_what_later_nodes_read_and_spills_past_the_budget():
+    b = G(shape=(2, 4, 8, 8))
+    a = b.op("Relu", [b.conv(b.x, 4, 8, name="a")])
+    c = b.conv(a, 8, 8, name="c")
+    d = b.op("Add", [a, b.conv(c, 8, 8, name="d")])  # a stays live across c and d
+    b.output(b.conv(d, 8, 2, name="head"))
+    model = b.model()
+    feeds = feeds_for(model)
+    batches = [(feeds, None), ({"x": feeds["x"] * 2}, None)]
+    with Propagation(model, batches, budget=0) as prop:
+        prop.run_until("d")
+        assert set(prop.frontier) == {a, c}
+        assert all(isinstance(p, str) for v in prop.frontier.values() for p in v)  # on disk
+        got = prop.tensor(c)[1]
+        spill = prop.spill_dir
+        assert os.path.isdir(spill)
+    assert not os.path.exists(spill)  # closed: nothing left behind
+    full = onnxprune.runtime.session_with_outputs(model, [c]).run([c], batches[1][0])[0]
+    np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
