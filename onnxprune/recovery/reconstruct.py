@@ -86,13 +86,15 @@ def reconstruct(
                 rec.skipped[lay.node] = f"output channels do not correspond ({targets[lay.node][0].shape[1]} vs {o})"
                 continue
             node = rec.nodes[lay.node]
-            xtx = xty = None
+            acc: tuple[np.ndarray, np.ndarray] | None = None
             for b, x in enumerate(prop.tensor(node.input[0])):
                 a, c = _normal_equations(
                     lay, node, np.asarray(x, np.float64), pos[lay.node][b], w.shape, targets[lay.node][b]
                 )
-                xtx, xty = (a, c) if xtx is None else (xtx + a, xty + c)
-            _solve(rec, lay, w, xtx, xty, ridge)
+                acc = (a, c) if acc is None else (acc[0] + a, acc[1] + c)
+            if acc is None:  # no calibration batch
+                continue
+            _solve(rec, lay, w, *acc, ridge)
             changed.append(lay.node)
         timings["propagation"] = round(prop.seconds_run, 4)
         timings["segments"] = prop.segments
