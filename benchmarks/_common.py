@@ -14,7 +14,7 @@ def fmnist_files() -> tuple[str, str]:
     """(test set, calibration set) .npz paths, built from ../shared by calib/fashion_mnist.py when missing."""
     test, calib = os.path.join(CALIB_OUT, "fmnist_test.npz"), os.path.join(CALIB_OUT, "fmnist_calib.npz")
     if not (os.path.exists(test) and os.path.exists(calib)):
-        subprocess.run([sys.executable, os.path.join(CALIB_OUT, "..", "fashion_mnist.py")], check=True)
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(CALIB_OUT), "fashion_mnist.py")], check=True)
     return test, calib
 
 

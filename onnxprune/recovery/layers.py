@@ -155,21 +155,27 @@ def outputs_at(layer: Layer, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 
 def patches(layer: Layer, node: onnx.NodeProto, x: np.ndarray, pos: np.ndarray, k_shape) -> np.ndarray:
-    """(m, G, K) inputs read by the outputs at ``pos``, in the order of ``to_mats``' K axis."""
+    """(m, G, K) float64 inputs read by the outputs at ``pos``, in the order of ``to_mats``' K axis.
+
+    Only the sampled windows are gathered: a 1x1 Conv reads one pixel per output, a kxk one a window of
+    a strided view (taps in the zero padding read as 0). Padding and converting the whole activation
+    tensor, or indexing it element by element, cost more than the least squares themselves."""
     if layer.op_type != "Conv":
-        return x.reshape(-1, x.shape[-1])[pos][:, None, :]
-    c = x.shape[1]
+        return np.asarray(x.reshape(-1, x.shape[-1])[pos], dtype=np.float64)[:, None, :]
+    h, w = x.shape[2:]
     kh, kw = k_shape
     pads = list(attr(node, "pads", [0, 0, 0, 0]))
     sh, sw = attr(node, "strides", [1, 1])
     dh, dw = attr(node, "dilations", [1, 1])
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    rows = pos[:, 1:2] * sh + np.arange(kh)[None] * dh  # m x kh
-    cols = pos[:, 2:3] * sw + np.arange(kw)[None] * dw  # m x kw
-    p = xp[
-        pos[:, 0, None, None, None], np.arange(c)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]
-    ]  # m x C x kh x kw
-    return p.reshape(len(pos), layer.groups, -1)
+    if kh == kw == 1 and not any(pads):
+        p = x[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw]  # m x C
+        return np.asarray(p, dtype=np.float64).reshape(len(pos), layer.groups, -1)
+    if any(pads):
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))  # N C H' W' sh sw
+    p = windows[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw][..., ::dh, ::dw]  # m x C x kh x kw
+    return np.asarray(p, dtype=np.float64).reshape(len(pos), layer.groups, -1)
 
 
 def channel_stats_axes(layer_or_op: str, ndim: int) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from ..groups.rules.control import outer_names
-from ..runtime import make_session
+from ..runtime import intermediate_optimization, make_session
 
 DEFAULT_BUDGET_FRACTION = 0.4  # of the memory available when recovery starts
 
@@ -122,7 +122,8 @@ class Propagation:
         outputs = sorted(o for o in produced if self.last_use.get(o, -1) >= stop)
         t = time.perf_counter()
         if outputs:
-            sess = make_session(self._segment(seg, inputs, outputs, reads & inits), optimize="extended")
+            segment = self._segment(seg, inputs, outputs, reads & inits)
+            sess = make_session(segment, optimize=intermediate_optimization())
             per_batch = [
                 sess.run(outputs, {i: np.asarray(v) for i, v in zip(inputs, vals)})
                 for vals in zip(*(self.tensor(i) for i in inputs))
