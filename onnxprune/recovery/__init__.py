@@ -46,7 +46,7 @@ def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, p
                 rec, batches, options.samples, options.ridge, seed, progress, options.memory_budget, breakdown
             ),
         ),
-        ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress)),
+        ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress, options.memory_budget)),
     ]
     for key, on, fn in steps:
         if not on:

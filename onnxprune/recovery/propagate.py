@@ -64,6 +64,8 @@ class Propagation:
             for name in list(node.input) + sorted(_subgraph_reads(node)):
                 if name:
                     last[name] = k
+        for o in model.graph.output:  # graph outputs stay readable to the end (a recalibrated last layer)
+            last[o.name] = len(self.nodes)
         self.last_use = last
         self.types = _elem_types(model)
         for name in {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}:
@@ -109,9 +111,28 @@ class Propagation:
     def run_until(self, node_name: str | None) -> None:
         """Execute the nodes from the current position up to (not including) ``node_name`` (None: to the
         end); afterwards the frontier holds every tensor a node from there on reads."""
+        self._run_to(len(self.nodes) if node_name is None else self.position[node_name])
+
+    def run_through(self, node_name: str) -> None:
+        """Execute up to and including ``node_name``: its outputs are then in the frontier."""
+        self._run_to(self.position[node_name] + 1)
+
+    def moments(self, name: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and population variance of a frontier tensor over every batch."""
+        s = ss = None
+        n = 0
+        for v in self.tensor(name):
+            x = np.asarray(v, dtype=np.float64)
+            ax = axis % x.ndim
+            x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
+            s, ss = (x.sum(0), (x * x).sum(0)) if s is None else (s + x.sum(0), ss + (x * x).sum(0))
+            n += len(x)
+        mean = s / n
+        return mean, np.maximum(ss / n - mean * mean, 0.0)
+
+    def _run_to(self, stop: int) -> None:
         import time
 
-        stop = len(self.nodes) if node_name is None else self.position[node_name]
         if stop <= self.cur:
             return
         seg = self.nodes[self.cur : stop]
