@@ -2,8 +2,9 @@
 
 The pruned graph is evaluated by the torch interpreter (torch_eval.py) with its weights as leaf tensors
 that require grad; the teacher (the original model) runs in onnxruntime. Loss: Hinton's KL divergence
-between temperature-softened outputs (times T^2 so gradients keep their scale), plus ``label_weight`` x
-cross-entropy when the data has labels. Only weights change: the trained tensors are written back into
+between temperature-softened outputs (times T^2 so gradients keep their scale) on the logits in front of
+a final Softmax or Sigmoid (see ``distill_head``), plus ``label_weight`` x cross-entropy when the data has
+labels. Only weights change: the trained tensors are written back into
 the same initializers, so the graph's structure -- and the exactness proof of the rewrite -- stand.
 """
 
@@ -19,7 +20,7 @@ from onnx import numpy_helper
 from ..data import open_data
 from ..errors import OnnxPruneError
 from ..progress import bar as progress_bar
-from ..runtime import make_session
+from ..runtime import session_with_outputs
 from ..torch_eval import TorchGraph
 
 #: inputs that hold learnable parameters, per op type
@@ -58,23 +59,70 @@ def trainable_names(model: onnx.ModelProto, consts: dict) -> list[str]:
     return sorted(n for n in names if np.issubdtype(np.asarray(consts[n]).dtype, np.floating))
 
 
-def _kl(torch, student, teacher, temperature: float):
+@dataclass(frozen=True)
+class Head:
+    """What is distilled: ``tensor`` (the logits in front of a final Softmax/Sigmoid, else the output) and
+    how: ``softmax`` (KL between temperature-softened distributions along ``axis``, at every other
+    position: a classifier's classes, a CTC head's characters per time step), ``sigmoid`` (binary KL per
+    element: segmentation maps), ``regression`` (squared error over the teacher's variance)."""
+
+    tensor: str
+    kind: str
+    axis: int = -1
+    flatten: bool = False  # opset < 13 Softmax: one distribution over all axes from ``axis`` on
+
+
+def distill_head(model: onnx.ModelProto) -> Head:
+    """The head of the first output. Deployed models often end in a probability (softmax, sigmoid, CTC
+    probabilities); a loss written for logits on those compares near-one-hot vectors (and printed a
+    negative loss on PP-OCR's recogniser), so the logits in front are distilled instead."""
+    out = model.graph.output[0].name
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(out)
+    while node is not None and node.op_type == "Identity":
+        out, node = node.input[0], producers.get(node.input[0])
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 13)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        axis = next((int(a.i) for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+        return Head(node.input[0], "softmax", axis, flatten=opset < 13)
+    if node is not None and node.op_type == "Sigmoid":
+        return Head(node.input[0], "sigmoid")
+    rank = len(model.graph.output[0].type.tensor_type.shape.dim)
+    return Head(out, "softmax", -1) if rank == 2 else Head(out, "regression")
+
+
+def distill_loss(torch, head: Head, student, teacher, temperature: float):
+    """Mean over positions and batch of the head's divergence (times T^2 for the KL kinds, as Hinton)."""
     f = torch.nn.functional
-    s = f.log_softmax(student.reshape(student.shape[0], -1) / temperature, dim=1)
-    t = f.log_softmax(teacher.reshape(teacher.shape[0], -1) / temperature, dim=1)
-    return f.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+    student, teacher = student.float(), teacher.float()
+    if head.kind == "regression":
+        return f.mse_loss(student, teacher) / (teacher.var() + 1e-12)
+    t2 = temperature**2
+    if head.kind == "sigmoid":
+        ls, lt = student / temperature, teacher / temperature
+        pt = torch.sigmoid(lt)
+        kl = pt * (f.logsigmoid(lt) - f.logsigmoid(ls)) + (1 - pt) * (f.logsigmoid(-lt) - f.logsigmoid(-ls))
+        return kl.mean() * t2
+    axis = head.axis % student.dim()
+    if head.flatten:
+        student, teacher = student.reshape(*student.shape[:axis], -1), teacher.reshape(*teacher.shape[:axis], -1)
+    s = f.log_softmax(student / temperature, dim=axis)
+    t = f.log_softmax(teacher / temperature, dim=axis)
+    return (t.exp() * (t - s)).sum(dim=axis).mean() * t2
 
 
-def held_out_kl(graph, teacher_session, data, temperature: float = 1.0) -> float:
-    """Mean KL(teacher || student) at temperature T over ``data`` (both run in onnxruntime)."""
+def held_out_kl(graph, teacher_session, data, temperature: float = 1.0, head: Head | None = None) -> float:
+    """Mean divergence of the head (see ``Head``) between teacher and student at temperature T over
+    ``data``; both run in onnxruntime."""
     import torch
 
-    sess = make_session(graph.model)
+    head = head or distill_head(graph.model)
+    sess = session_with_outputs(graph.model, [head.tensor])
     total, n = 0.0, 0
     for feeds, _ in open_data(data, graph):
-        s = torch.from_numpy(np.asarray(sess.run(None, feeds)[0]))
-        t = torch.from_numpy(np.asarray(teacher_session.run(None, feeds)[0]))
-        total += float(_kl(torch, s, t, temperature)) * len(s)
+        s = torch.from_numpy(np.asarray(sess.run([head.tensor], feeds)[0]))
+        t = torch.from_numpy(np.asarray(teacher_session.run([head.tensor], feeds)[0]))
+        total += float(distill_loss(torch, head, s, t, temperature)) * len(s)
         n += len(s)
     return total / max(n, 1)
 
@@ -114,11 +162,12 @@ def finetune(
         p = p.clone().requires_grad_(True)
         tg.consts[n] = p
         params.append(p)
-    teacher = make_session(teacher_graph.model)
+    head = distill_head(student_graph.model)
+    teacher = session_with_outputs(teacher_graph.model, [head.tensor])
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     result = FinetuneResult(student_graph.model, parameters=int(sum(p.numel() for p in params)))
     if eval_data is not None:
-        kl0 = held_out_kl(student_graph, teacher, eval_data)
+        kl0 = held_out_kl(student_graph, teacher, eval_data, head=head)
         log(f"epoch 0: held-out KL {kl0:.4f}")
         result.epochs.append({"epoch": 0, "held_out_kl": kl0})
     for epoch in range(1, epochs + 1):
@@ -128,9 +177,10 @@ def finetune(
         )
         for feeds, labels in bar:
             with torch.no_grad():
-                target = torch.from_numpy(np.asarray(teacher.run(None, feeds)[0])).to(tg.device)
-            out = tg.run(feeds)[0][0]
-            loss = _kl(torch, out, target, temperature)
+                target = torch.from_numpy(np.asarray(teacher.run([head.tensor], feeds)[0])).to(tg.device)
+            outs, kept = tg.run(feeds, keep={head.tensor})
+            out = outs[0]
+            loss = distill_loss(torch, head, kept.get(head.tensor, out), target, temperature)
             if label_weight and labels is not None:
                 y = torch.as_tensor(np.asarray(labels)).long().reshape(-1).to(tg.device)
                 loss = loss + label_weight * torch.nn.functional.cross_entropy(out.reshape(len(y), -1), y)
@@ -144,7 +194,7 @@ def finetune(
         _write_back(student_graph, tg, names)
         entry = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": round(time.perf_counter() - t0, 2)}
         if eval_data is not None:
-            entry["held_out_kl"] = held_out_kl(student_graph, teacher, eval_data)
+            entry["held_out_kl"] = held_out_kl(student_graph, teacher, eval_data, head=head)
         line = f"epoch {epoch}: loss {entry['loss']:.4f}"
         if "held_out_kl" in entry:
             line += f", held-out KL {entry['held_out_kl']:.4f}"
