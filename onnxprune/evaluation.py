@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .data import DataSpec, open_data
 from .errors import OnnxPruneError
+from .load import read_model
 from .plugins import load_callable
 from .progress import bar
 from .runtime import make_session
@@ -66,6 +69,8 @@ def evaluate_task(model, task) -> dict[str, float]:
     primary one (higher is better), e.g. ``{"char_accuracy": 93.4, "line_accuracy": 62.3}``. Its own data,
     pre- and post-processing stay the user's, as in their deployment."""
     fn = load_callable(task, "task") if isinstance(task, str) else task
+    if isinstance(model, (str, os.PathLike)):
+        model = read_model(model)
     sess = make_session(getattr(model, "model", model))
 
     def predict(feeds: dict) -> list:

@@ -64,6 +64,8 @@ def open_data(spec: DataSpec, graph) -> Iterator[tuple[dict, np.ndarray | None]]
             raise OnnxPruneError(f"data '{src}': not random:N, a folder of images, .npz/.npy or module:function")
     elif hasattr(src, "get_next"):
         gen = _reader(src)
+    elif callable(src):  # a function returning feed dicts: called again for every pass over the data
+        gen = _items(src())
     else:
         try:
             gen = ((feed, None) for feed in iter(src))
@@ -225,7 +227,10 @@ def _images(spec, graph, folder):
 
 
 def _callable(spec, target):
-    result = load_callable(target, "data function")()
+    yield from _items(load_callable(target, "data function")())
+
+
+def _items(result):
     if hasattr(result, "get_next"):
         yield from _reader(result)
         return

@@ -1,0 +1,155 @@
+"""The real-model table: task metric after pruning, recovery and distillation, and CPU speed.
+
+    python benchmarks/real/run.py [--models rec,det,cls,orientation,chardet] [--targets 0.7,0.5] \
+        [--criteria l1] [--distill rec,cls,orientation] [--out benchmarks/out/real.json] [--results docs/RESULTS.md]
+
+For each model (../shared/real-models, input size as its package runs it) and each MACs target (kept
+fraction, --round-to 8): the task metric (benchmarks/real/tasks.py, the packages' own pre- and
+post-processing, test data disjoint from calibration) of the original, after pruning alone, after
+least-squares reconstruction on the calibration split, after reconstruction + statistics recalibration,
+and after 1 epoch of distillation (unlabeled distillation split, Adam lr 1e-4, T=4) of the reconstructed
+model; onnxruntime CPU speedup of the pruned model against the original (2 threads, batch 1, 50
+interleaved rounds, paired bootstrap 95% interval); the time of each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))
+import tasks  # noqa: E402
+from _common import machine, replace_section  # noqa: E402
+
+import onnxprune  # noqa: E402
+from onnxprune.bench import benchmark  # noqa: E402
+from onnxprune.evaluation import evaluate_task, primary  # noqa: E402
+from onnxprune.save import save_model  # noqa: E402
+
+
+def shape_arg(name: str) -> list[str]:
+    _, inp, shape = tasks.MODELS[name]
+    return [f"{inp}:{'x'.join(map(str, shape))}"]
+
+
+def metric(model, name: str) -> tuple[dict, float]:
+    t = time.perf_counter()
+    return evaluate_task(model, getattr(tasks, name)), round(time.perf_counter() - t, 1)
+
+
+def speed(original: str, pruned, name: str, tmp: str) -> dict:
+    path = os.path.join(tmp, f"{name}_pruned.onnx")
+    save_model(pruned, path)
+    _, inp, shape = tasks.MODELS[name]
+    rep = benchmark([original, path], "ort-cpu", input_shapes={inp: shape}, threads=2, warmup=5, iters=50)
+    m = rep.models[1]
+    return {
+        "speedup": round(m.speedup, 3),
+        "ci": [round(x, 3) for x in m.speedup_ci],
+        "original_ms": round(rep.models[0].stats["median_ms"], 2),
+        "pruned_ms": round(m.stats["median_ms"], 2),
+    }
+
+
+def row(name: str, target: float, criterion: str, distill: bool, tmp: str) -> dict:
+    path = os.path.join(tasks.REAL, tasks.MODELS[name][0])
+    shapes = shape_arg(name)
+    calib = onnxprune.DataSpec(getattr(tasks, f"{name}_calib"))
+    out = {"model": name, "target_macs": target, "criterion": criterion}
+    out["original"], _ = metric(path, name)
+    t = time.perf_counter()
+    plain, rep = onnxprune.prune(
+        path, criterion, target_macs=target, input_shapes=shapes, data=calib, reconstruct=False
+    )
+    out["macs_kept"] = round(rep.after.macs / rep.before.macs, 3)
+    out["verification"] = {k: rep.verification[k] for k in ("passed", "method", "max_rel_diff")}
+    out["prune_s"] = round(time.perf_counter() - t, 1)
+    out["pruned"], _ = metric(plain, name)
+    plan = onnxprune.PruningPlan.from_json(rep.plan)
+    for label, kw in (("reconstruct", {}), ("reconstruct+recalibrate", {"recalibrate": True})):
+        t = time.perf_counter()
+        model, r = onnxprune.prune(path, criterion, plan=plan, input_shapes=shapes, data=calib, **kw)
+        out[f"{label}_s"] = round(time.perf_counter() - t, 1)
+        out[label], _ = metric(model, name)
+        out[f"{label}_detail"] = {
+            "timings_s": r.recovery.get("timings_s"),
+            "skipped": r.recovery.get("skipped"),
+            "layers": len(r.recovery.get("reconstructed", [])),
+        }
+        if label == "reconstruct":
+            recon = model
+    if distill:
+        t = time.perf_counter()
+        res = onnxprune.finetune(
+            recon,
+            path,
+            onnxprune.DataSpec(getattr(tasks, f"{name}_distill")),
+            epochs=1,
+            input_shapes=shapes,
+            lr=1e-4,
+            progress=False,
+            log=lambda s: None,
+        )
+        out["distill_s"] = round(time.perf_counter() - t, 1)
+        out["distill"], _ = metric(res.model, name)
+    out["speed"] = speed(path, plain, name, tmp)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="rec,det,cls,orientation,chardet")
+    ap.add_argument("--targets", default="0.7,0.5")
+    ap.add_argument("--criteria", default="l1")
+    ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
+    ap.add_argument("--results")
+    args = ap.parse_args()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
+    done = {(r["model"], r["target_macs"], r["criterion"]) for r in rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            for target in (float(x) for x in args.targets.split(",")):
+                for crit in args.criteria.split(","):
+                    if (name, target, crit) in done:
+                        continue
+                    r = row(name, target, crit, name in args.distill.split(","), tmp)
+                    print(json.dumps(r), flush=True)
+                    rows.append(r)
+                    with open(args.out, "w") as f:
+                        json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+    if args.results:
+        replace_section(args.results, "real-models", table(json.load(open(args.out))))
+
+
+def table(data: dict) -> str:
+    lines = [
+        "| model | metric | MACs kept | original | pruned | + reconstruct | + recalibrate | + 1 epoch distil | "
+        "CPU speedup (95% CI) | prune / reconstruct / distil (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in data["rows"]:
+        name, orig = primary(r["original"])
+        cells = [
+            f"{r[k][name]:.1f}" if k in r else "–"
+            for k in ("pruned", "reconstruct", "reconstruct+recalibrate", "distill")
+        ]
+        sp = r["speed"]
+        lines.append(
+            f"| {r['model']} ({r['criterion']}) | {name} | {r['macs_kept']:.2f} | {orig:.1f} | {' | '.join(cells)} | "
+            f"{sp['speedup']:.2f} ({sp['ci'][0]:.2f}-{sp['ci'][1]:.2f}) | {r['prune_s']:.0f} / "
+            f"{r['reconstruct_s']:.0f} / {r.get('distill_s', '–')} |"
+        )
+    lines += ["", f"Machine: {data['machine']}. Command: `python benchmarks/real/run.py`."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
