@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: README table sections and the machine line every table carries."""
+"""Shared by the benchmark scripts: docs/RESULTS.md table sections and the machine line every table carries."""
 
 from __future__ import annotations
 

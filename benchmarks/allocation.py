@@ -1,6 +1,6 @@
 """Allocation strategies side by side.
 
-    python benchmarks/allocation.py [--readme README.md] [--skip-latency | --skip-accuracy]
+    python benchmarks/allocation.py [--readme docs/RESULTS.md] [--skip-latency | --skip-accuracy]
 
 1. Fashion-MNIST models (../shared/models, legacy exports): top-1 on the 10,000 test images at 50% of the
    MACs, same criterion (ThiNet with least squares, 500 samples per layer) for every allocation: uniform,

@@ -1,7 +1,7 @@
 """Top-1 on the 10,000 Fashion-MNIST test images for every criterion, every shared model, at 20%, 35% and
 50% fewer MACs, without fine-tuning.
 
-    python benchmarks/criteria.py [--models resnet20,vgg11] [--readme README.md]
+    python benchmarks/criteria.py [--models resnet20,vgg11] [--readme docs/RESULTS.md]
 
 Calibration: 512 seeded training images (calib/fashion_mnist.py builds them from ../shared). The MACs
 target is met by bisection on the uniform per-group ratio (the same plan size for every criterion).

@@ -1,7 +1,7 @@
 """Measured speedup of pruned models next to their MACs ratio, on onnxruntime CPU (and TensorRT FP16
 where TensorRT and an NVIDIA GPU are present), or on an NVIDIA GPU through torch (--backend torch-cuda).
 
-    python benchmarks/latency.py [--models resnet50,vgg16_bn] [--iters 20] [--readme README.md]
+    python benchmarks/latency.py [--models resnet50,vgg16_bn] [--iters 20] [--readme docs/RESULTS.md]
     python benchmarks/latency.py --backend torch-cuda --models resnet50,mobilenet_v2,vgg16_bn,efficientnet_b0,\
         ppocrv5-det --round-to 1,8,32,64 --batches 1,32 --out benchmarks/out/latency_gpu.json
 

@@ -1,6 +1,6 @@
 """Large models: peak memory of `onnxprune analyze` and `onnxprune prune` against the model's size.
 
-    python benchmarks/memory.py [--widths 4096,8192] [--layers 9] [--readme README.md]
+    python benchmarks/memory.py [--widths 4096,8192] [--layers 9] [--readme docs/RESULTS.md]
 
 Generates a chain of 1x1 convolutions (ReLU between, width W, 9 layers: W=8192 is 2.4 GB of float32
 weights, over protobuf's 2 GB limit, so it is saved with external data), then runs each command in a

@@ -1,6 +1,6 @@
 """Recovery without retraining, and one epoch of distillation, on the Fashion-MNIST models.
 
-    python benchmarks/recovery.py [--models resnet20,vgg11,mbv2,resnet56] [--criterion l1] [--readme README.md]
+    python benchmarks/recovery.py [--models resnet20,vgg11,mbv2,resnet56] [--criterion l1] [--readme docs/RESULTS.md]
 
 For each model (../shared/models, legacy exports) at 30% and 50% MACs reduction (uniform plan found by
 --target-macs, same plan for every row): top-1 on the 10,000 test images after pruning alone, after bias

@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,resnet56,vgg11,mbv2,ppocrv5-rec,resnet50")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out", "recovery-speed"))
     ap.add_argument("--out", default=os.path.join(HERE, "out", "recovery_speed.json"))
-    ap.add_argument("--results")
+    ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     rows = []

@@ -1,6 +1,6 @@
-"""The README's reliability table: every bad input of tests/bad_inputs.py run through the CLI.
+"""The reliability table of docs/RESULTS.md: every bad input of tests/bad_inputs.py run through the CLI.
 
-    python benchmarks/reliability.py [--readme README.md]
+    python benchmarks/reliability.py [--readme docs/RESULTS.md]
 
 Each case runs `onnxprune prune` in a fresh process in an empty folder; the table shows what the tool
 answered (stderr, one line), the exit code, and whether the output folder stayed empty.

@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet50,densenet121")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "speed.json"))
-    ap.add_argument("--readme", help="rewrite the speed table between the markers of this README")
+    ap.add_argument("--readme", help="rewrite the speed table between the markers of this file (docs/RESULTS.md)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="onnxprune-speed-")
     rows = []

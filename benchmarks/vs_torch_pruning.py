@@ -1,7 +1,7 @@
 """onnxprune next to Torch-Pruning (Fang et al., DepGraph) on the same architectures, ratio and criterion.
 
     pip install torch-pruning        # benchmark-only dependency
-    python benchmarks/vs_torch_pruning.py [--models resnet50,vgg16_bn] [--readme README.md]
+    python benchmarks/vs_torch_pruning.py [--models resnet50,vgg16_bn] [--readme docs/RESULTS.md]
 
 Both remove 30% of the channels of every prunable group by L1 filter norm (Torch-Pruning:
 MagnitudePruner-style MetaPruner with MagnitudeImportance(p=1), the 1000-way classifier ignored;

@@ -70,13 +70,13 @@ def main() -> None:
     ap.add_argument("--models", default="")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "onnxprune-zoo"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "zoo.json"))
-    ap.add_argument("--readme", help="rewrite the zoo table between the markers of this README")
+    ap.add_argument("--readme", help="rewrite the zoo table between the markers of this file (docs/RESULTS.md)")
     ap.add_argument("--merge", action="store_true", help="keep the rows of other models already in --out")
-    ap.add_argument("--from-json", help="only rebuild the README table from an earlier run's JSON")
+    ap.add_argument("--from-json", help="only rebuild the docs/RESULTS.md table from an earlier run's JSON")
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as f:
-            update_readme(json.load(f), args.readme or "README.md")
+            update_readme(json.load(f), args.readme or "docs/RESULTS.md")
         return
     names = args.models.split(",") if args.models else [n for n in zoo.classification_models() if n not in SKIP_HUGE]
     exporters = {"legacy": [False], "dynamo": [True], "both": [False, True]}[args.exporter]

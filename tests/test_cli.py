@@ -96,7 +96,7 @@ def test_api_plan_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_one_line_answer(tmp_path, case):
-    """Every case of the README's reliability table: one line, the right exit code, no output, input intact."""
+    """Every case of the reliability table (docs/RESULTS.md): one line, the right exit code, no output, input intact."""
     path, args, out_dir = command(case, tmp_path)
     before = sha(path) if os.path.isfile(path) else None
     rc, stdout, stderr = run(*args)

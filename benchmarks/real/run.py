@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--criteria", default="l1")
     ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
-    ap.add_argument("--results")
+    ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
     args = ap.parse_args()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
