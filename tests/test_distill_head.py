@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import onnxprune
 from graphs import G
 from helpers import feeds_for
+
+import onnxprune
 from onnxprune.recovery.finetune import distill_head, distill_loss
 
 torch = pytest.importorskip("torch")
