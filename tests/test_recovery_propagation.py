@@ -14,8 +14,8 @@ from helpers import feeds_for, outputs
 from onnx import numpy_helper
 
 import onnxprune
+from onnxprune.linear import from_mats, patches, set_weight, to_mats
 from onnxprune.recovery import Recovery, load_batches, reconstruct
-from onnxprune.recovery.layers import from_mats, patches, set_weight, to_mats
 from onnxprune.recovery.passes import stream, waves
 from onnxprune.recovery.propagate import Propagation
 from onnxprune.recovery.reconstruct import _out_channels, bias_vector, sample_targets

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from .layers import as_layer, bias_vector, set_weight, to_mats
+from ..linear import as_layer, bias_vector, set_weight, to_mats
 from .passes import Recovery, moments
 
 

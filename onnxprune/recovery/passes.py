@@ -16,10 +16,10 @@ import onnx
 from ..data import batches
 from ..errors import OnnxPruneError
 from ..groups import Analysis
+from ..linear import Layer, as_layer, weight_uses
 from ..load import Graph
 from ..plan import Keep, PruningPlan
 from ..runtime import session_with_outputs
-from .layers import Layer, as_layer, weight_uses
 
 #: bytes of intermediate tensors one batch may hold when many are read from the original at once
 BATCH_BUDGET = 1 << 30

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
+from ..linear import Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
 from ..progress import bar
-from .layers import Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
 from .passes import Recovery, downstream, moments
 from .propagate import Propagation
 

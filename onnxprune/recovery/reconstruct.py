@@ -19,8 +19,8 @@ import time
 import numpy as np
 from onnx import numpy_helper
 
+from ..linear import Layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
 from ..progress import bar
-from .layers import Layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
 from .passes import Recovery, stream
 from .propagate import Propagation
 

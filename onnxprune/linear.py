@@ -1,4 +1,5 @@
-"""The linear layers recovery can refit: Conv (2-D, any group), Gemm and MatMul with a constant weight.
+"""The linear layers that recovery refits and the obs criterion scores: Conv (2-D, any group), Gemm and
+MatMul with a constant weight.
 
 Every layer is seen as G independent matrices ``(G, K, Og)`` -- G the Conv groups (1 for dense layers), K
 the inputs one output reads (Cg x kh x kw for a Conv), Og the outputs per group -- so least squares,
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..groups.rules._util import attr
+from .groups.rules._util import attr
 
 LINEAR = ("Conv", "Gemm", "MatMul")
 
