@@ -119,16 +119,18 @@ class Propagation:
 
     def moments(self, name: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and population variance of a frontier tensor over every batch."""
-        s = ss = None
+        s: np.ndarray | float = 0.0
+        ss: np.ndarray | float = 0.0
         n = 0
         for v in self.tensor(name):
             x = np.asarray(v, dtype=np.float64)
             ax = axis % x.ndim
             x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
-            s, ss = (x.sum(0), (x * x).sum(0)) if s is None else (s + x.sum(0), ss + (x * x).sum(0))
-            n += len(x)
-        mean = s / n
-        return mean, np.maximum(ss / n - mean * mean, 0.0)
+            s, ss, n = s + x.sum(0), ss + (x * x).sum(0), n + len(x)
+        if n == 0:
+            raise ValueError(f"no calibration data reached '{name}'")
+        mean = np.asarray(s) / n
+        return mean, np.maximum(np.asarray(ss) / n - mean * mean, 0.0)
 
     def _run_to(self, stop: int) -> None:
         import time
