@@ -43,3 +43,12 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}, Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}"
     )
+
+
+def save_rows(path: str, rows: list[dict], **extra) -> None:
+    """The rows measured so far with the machine line, rewritten after every row (a long run that stops
+    keeps what it measured)."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump({"machine": machine(), **extra, "rows": rows}, f, indent=1)

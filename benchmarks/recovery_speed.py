@@ -24,7 +24,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "real"))
-from _common import fmnist_files, machine, replace_section  # noqa: E402
+from _common import fmnist_files, replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import zoo  # noqa: E402
@@ -91,8 +91,7 @@ def main() -> None:
             }
         print(json.dumps(row), flush=True)
         rows.append(row)
-        with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+        save_rows(args.out, rows)
     if args.results:
         replace_section(args.results, "recovery-speed", table(json.load(open(args.out))))
 

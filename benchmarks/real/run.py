@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 import tasks  # noqa: E402
-from _common import machine, replace_section  # noqa: E402
+from _common import replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
@@ -123,8 +123,7 @@ def main() -> None:
                     r = row(name, target, crit, name in args.distill.split(","), tmp)
                     print(json.dumps(r), flush=True)
                     rows.append(r)
-                    with open(args.out, "w") as f:
-                        json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+                    save_rows(args.out, rows)
     if args.results:
         replace_section(args.results, "real-models", table(json.load(open(args.out))))
 
