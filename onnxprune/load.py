@@ -226,6 +226,15 @@ def resolve_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int,
     return shapes
 
 
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every tensor (inferred on a weight-free copy: cheap on any model size)."""
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
+    g = inferred.graph
+    out = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    out.update({t.name: t.data_type for t in model.graph.initializer})
+    return out
+
+
 def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Static shapes of every tensor for the given input shapes.
 

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .groups.actions import Action
-from .groups.rules.control import outer_names
+from .groups.rules.control import implicit_reads
 from .load import Graph, infer_shapes
 from .plan import Keep, PruningPlan, emptied
 from .protosize import skeleton, too_large
@@ -183,13 +183,7 @@ def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
 
 
 def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
-
-    names = set()
-    for n in g.node:
-        for a in n.attribute:
-            for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                names |= outer_names(sg)
-    return names
+    return set().union(*(implicit_reads(n) for n in g.node))
 
 
 def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: onnx.ModelProto) -> None:

@@ -13,9 +13,8 @@ from onnx import helper, numpy_helper
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .groups.rules._util import attr
-from .load import Graph, random_feeds
+from .load import Graph, elem_types, random_feeds
 from .plan import Keep, PruningPlan
-from .protosize import skeleton
 from .runtime import run_model, session_with_outputs
 from .torch_eval import TorchGraph
 
@@ -75,7 +74,7 @@ def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tup
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     g = model.graph
-    dtypes = _elem_types(model)
+    dtypes = elem_types(model)
     inserts: dict[str, list[onnx.NodeProto]] = {}
     nodes = {n.name: n for n in g.node}
     count = 0
@@ -162,14 +161,6 @@ def _masked_layer_norm(
     return nodes
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
-    g = inferred.graph
-    out = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    out.update({t.name: t.data_type for t in g.initializer})
-    return out
-
-
 def verify(
     graph: Graph,
     analysis: Analysis,
@@ -239,7 +230,7 @@ def _checked_tensors(
     keep = Keep(analysis, plan)
     rewritten = {act.user or act.node for act in analysis.actions}
     produced = {o for n in pruned.graph.node for o in n.output}
-    types = _elem_types(ref)
+    types = elem_types(ref)
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
     out = {}
     for node in graph.model.graph.node:

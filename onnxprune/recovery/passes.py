@@ -20,6 +20,7 @@ from ..linear import Layer, as_layer, weight_uses
 from ..load import Graph
 from ..plan import Keep, PruningPlan
 from ..runtime import session_with_outputs
+from .propagate import add_channel_sums, mean_var
 
 #: bytes of intermediate tensors one batch may hold when many are read from the original at once
 BATCH_BUDGET = 1 << 30
@@ -157,18 +158,7 @@ def moments(model: onnx.ModelProto, axes: dict[str, int], batches, shapes: dict 
 
     def add(b, arrs):
         for name, arr in arrs.items():
-            x = np.asarray(arr, dtype=np.float64)
-            ax = axes[name] % x.ndim
-            x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
-            s = [x.sum(0), (x * x).sum(0), len(x)]
-            if name in acc:
-                acc[name] = [acc[name][0] + s[0], acc[name][1] + s[1], acc[name][2] + s[2]]
-            else:
-                acc[name] = s
+            acc[name] = add_channel_sums(acc.get(name), arr, axes[name])
 
     stream(model, list(axes), batches, shapes or {}, add)
-    out = {}
-    for name, (s, ss, n) in acc.items():
-        mean = s / n
-        out[name] = (mean, np.maximum(ss / n - mean * mean, 0.0))
-    return out
+    return {name: mean_var(a) for name, a in acc.items()}

@@ -18,10 +18,26 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..groups.rules.control import outer_names
+from ..groups.rules.control import implicit_reads
+from ..load import elem_types
 from ..runtime import intermediate_optimization, make_session
 
 DEFAULT_BUDGET_FRACTION = 0.4  # of the memory available when recovery starts
+
+
+def add_channel_sums(acc: list | None, v, axis: int) -> list:
+    """[sum, sum of squares, count] per channel of ``v`` along ``axis``, added to ``acc``."""
+    x = np.asarray(v, dtype=np.float64)
+    ax = axis % x.ndim
+    x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
+    s = [x.sum(0), (x * x).sum(0), len(x)]
+    return s if acc is None else [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]
+
+
+def mean_var(acc: list) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population variance from ``add_channel_sums``."""
+    mean = acc[0] / acc[2]
+    return mean, np.maximum(acc[1] / acc[2] - mean * mean, 0.0)
 
 
 def available_memory() -> int:
@@ -61,13 +77,13 @@ class Propagation:
         self.segments = 0
         last: dict[str, int] = {}
         for k, node in enumerate(self.nodes):
-            for name in list(node.input) + sorted(_subgraph_reads(node)):
+            for name in list(node.input) + sorted(implicit_reads(node)):
                 if name:
                     last[name] = k
         for o in model.graph.output:  # graph outputs stay readable to the end (a recalibrated last layer)
             last[o.name] = len(self.nodes)
         self.last_use = last
-        self.types = _elem_types(model)
+        self.types = elem_types(model)
         for name in {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}:
             if name in last:
                 self._store(name, [np.asarray(feeds[name]) for feeds, _ in batches])
@@ -119,18 +135,12 @@ class Propagation:
 
     def moments(self, name: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and population variance of a frontier tensor over every batch."""
-        s: np.ndarray | float = 0.0
-        ss: np.ndarray | float = 0.0
-        n = 0
+        acc = None
         for v in self.tensor(name):
-            x = np.asarray(v, dtype=np.float64)
-            ax = axis % x.ndim
-            x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
-            s, ss, n = s + x.sum(0), ss + (x * x).sum(0), n + len(x)
-        if n == 0:
+            acc = add_channel_sums(acc, v, axis)
+        if acc is None:
             raise ValueError(f"no calibration data reached '{name}'")
-        mean = np.asarray(s) / n
-        return mean, np.maximum(np.asarray(ss) / n - mean * mean, 0.0)
+        return mean_var(acc)
 
     def _run_to(self, stop: int) -> None:
         import time
@@ -140,7 +150,7 @@ class Propagation:
         seg = self.nodes[self.cur : stop]
         produced = {o for n in seg for o in n.output if o}
         inits = {t.name for t in self.model.graph.initializer}
-        reads = {i for n in seg for i in list(n.input) + sorted(_subgraph_reads(n)) if i}
+        reads = {i for n in seg for i in list(n.input) + sorted(implicit_reads(n)) if i}
         inputs = sorted(r for r in reads if r not in produced and r not in inits)
         outputs = sorted(o for o in produced if self.last_use.get(o, -1) >= stop)
         t = time.perf_counter()
@@ -182,21 +192,3 @@ class Propagation:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for a in node.attribute:
-        for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-            names |= outer_names(sg)
-    return names
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    from ..protosize import skeleton
-
-    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
-    g = inferred.graph
-    out = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    out.update({t.name: t.data_type for t in model.graph.initializer})
-    return out

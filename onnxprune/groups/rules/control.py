@@ -20,6 +20,15 @@ def outer_names(graph: onnx.GraphProto) -> set[str]:
     return used
 
 
+def implicit_reads(node: onnx.NodeProto) -> set[str]:
+    """Names ``node``'s subgraphs read from the enclosing scope."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for sg in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            names |= outer_names(sg)
+    return names
+
+
 @rule("If", "Loop", "Scan")
 def control(node, ctx) -> None:
     reason = f"{node.op_type} '{node.name}': subgraphs are not rewritten"
