@@ -32,6 +32,8 @@ from onnxprune.bench import benchmark  # noqa: E402
 from onnxprune.evaluation import evaluate_task, primary  # noqa: E402
 from onnxprune.save import save_model  # noqa: E402
 
+DISTILL_LIMIT: int | None = None  # --distill-limit: fewer distillation inputs than the split holds
+
 
 def shape_arg(name: str) -> list[str]:
     _, inp, shape = tasks.MODELS[name]
@@ -89,7 +91,7 @@ def row(name: str, target: float, criterion: str, distill: bool, tmp: str) -> di
         res = onnxprune.finetune(
             recon,
             path,
-            onnxprune.DataSpec(getattr(tasks, f"{name}_distill")),
+            onnxprune.DataSpec(getattr(tasks, f"{name}_distill"), limit=DISTILL_LIMIT),
             epochs=1,
             input_shapes=shapes,
             lr=1e-4,
@@ -97,6 +99,8 @@ def row(name: str, target: float, criterion: str, distill: bool, tmp: str) -> di
             log=lambda s: None,
         )
         out["distill_s"] = round(time.perf_counter() - t, 1)
+        out["distill_inputs"] = DISTILL_LIMIT or "split"
+        out["distill_loss"] = [e.get("loss") for e in res.epochs]
         out["distill"], _ = metric(res.model, name)
     out["speed"] = speed(path, plain, name, tmp)
     return out
@@ -110,7 +114,10 @@ def main() -> None:
     ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
     ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
+    ap.add_argument("--distill-limit", type=int, default=None, help="distil on the first N inputs of the split")
     args = ap.parse_args()
+    global DISTILL_LIMIT
+    DISTILL_LIMIT = args.distill_limit
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
     done = {(r["model"], r["target_macs"], r["criterion"]) for r in rows}
