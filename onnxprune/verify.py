@@ -178,7 +178,7 @@ def verify(
     off-by-one weight slice moved mobilenet_v3's and efficientnet's outputs by 1e-11 and 1e-15).
 
     float32 rounding compounds with depth: on deep trained models (20+ pruned groups, LayerNorm, a
-    6,625-way softmax) a correct rewrite can differ by more than any fixed float32 bound. So a float32
+    18,385-way softmax) a correct rewrite can differ by more than any fixed float32 bound. So a float32
     difference above ``rtol`` is not a verdict: both models are evaluated again in float64, where a
     correct rewrite agrees to ~1e-13 and a wrong one does not."""
     ref, points = masked_reference(graph, analysis, plan)
