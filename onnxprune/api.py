@@ -11,7 +11,7 @@ import onnx
 
 from .allocation.allocate import Allocation, allocate
 from .count import count
-from .criteria import CriterionOptions, group_scores
+from .criteria import CriterionOptions, get_criterion, group_scores
 from .criteria.thinet import rescale as thinet_rescale
 from .data import DataSpec
 from .errors import OnnxPruneError, VerificationError
@@ -205,7 +205,8 @@ def _prune_once(report: AnalysisReport, opts: PruneOptions, plan: PruningPlan | 
         # after verification on purpose: the structural rewrite is proven exact first, then ThiNet's
         # least squares deliberately changes the kept weights of the layers that lost inputs
         t = time.perf_counter()
-        samples = int(CriterionOptions("thinet", params=crit.params if crit.name == "thinet" else {}).value("samples"))
+        # only ThiNet takes ``samples``; a replayed ThiNet plan under another criterion uses its default
+        samples = int(crit.params.get("samples", get_criterion("thinet").parameters()["samples"]))
         rescaled = thinet_rescale(graph, analysis, plan, pruned, as_data(data), samples, seed)
         timings["rescale"] = time.perf_counter() - t
     if recovery.active(data is not None) and plan.remove:

@@ -116,10 +116,11 @@ def plan_for_target(
         # nothing within tolerance: the target is a ceiling, so the closest plan at or below it (two
         # uniform ratios blended group by group where they jump over it), saying what it achieved
         if above and below and blend_order:
-            blended, bfrac = blend(above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction)
-            moved = blended.meta.pop("_moved")
+            blended, bfrac, heavier = blend(
+                above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction
+            )
             if below[1] < bfrac <= keep_fraction:
-                blended.meta["blended"] = {"ratios": [above[2], below[2]], "groups_at_higher_ratio": len(moved)}
+                blended.meta["blended"] = {"ratios": [above[2], below[2]], "groups_at_higher_ratio": heavier}
                 below = (blended, bfrac, below[2])
         if below is None:
             raise OnnxPruneError(
@@ -143,23 +144,24 @@ def blend(
     order: list[int],
     fraction: Callable[[PruningPlan], float],
     keep_fraction: float,
-) -> tuple[PruningPlan, float]:
+) -> tuple[PruningPlan, float, int]:
     """Groups take ``heavy``'s removals instead of ``light``'s, in ``order``, as long as the metric stays
     above ``keep_fraction`` (a group whose step would overshoot is passed over, a later, smaller one may
     fit); then the one further group that lands closest at or below the target. Removing channels never
-    adds MACs or parameters, so every step only goes down. Returns the plan and its fraction."""
+    adds MACs or parameters, so every step only goes down. Returns the plan, its fraction and how many
+    groups took the heavier plan's removals."""
     moved = [g for g in order if light.remove.get(g, []) != heavy.remove.get(g, [])]
 
     def mix(take: set[int]) -> PruningPlan:
         remove = {g: list(heavy.remove[g]) for g in take if g in heavy.remove}
         remove.update({g: list(v) for g, v in light.remove.items() if g not in take})
-        return PruningPlan({g: v for g, v in remove.items() if v}, {**light.meta, "_moved": sorted(take)})
+        return PruningPlan({g: v for g, v in remove.items() if v}, dict(light.meta))
 
     taken: set[int] = set()
     for g in moved:
         if fraction(mix(taken | {g})) > keep_fraction:
             taken.add(g)
-    finals = [(fraction(p), p) for p in (mix(taken | {g}) for g in moved if g not in taken)]
-    below = [fp for fp in finals if fp[0] <= keep_fraction]
-    frac, plan = max(below, key=lambda fp: fp[0]) if below else (fraction(mix(taken)), mix(taken))
-    return plan, frac
+    finals = [(fraction(mix(taken | {g})), taken | {g}) for g in moved if g not in taken]
+    below = [f for f in finals if f[0] <= keep_fraction]
+    frac, take = max(below, key=lambda f: f[0]) if below else (fraction(mix(taken)), taken)
+    return mix(take), frac, len(take)
