@@ -118,3 +118,57 @@ def test_frontier_holds_only_what_later_nodes_read_and_spills_past_the_budget():
     assert not os.path.exists(spill)  # closed: nothing left behind
     full = onnxprune.runtime.session_with_outputs(model, [c]).run([c], batches[1][0])[0]
     np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
+
+
+def test_memory_budget_flag_spills_without_changing_the_result(trained_models, tmp_path):
+    """--memory-budget 0 keeps every frontier tensor on disk: the refitted model is the same."""
+    import subprocess
+    import sys
+
+    src = os.path.join(trained_models, "resnet20.onnx")
+    outs = []
+    for budget in ([], ["--memory-budget", "0"]):
+        out = str(tmp_path / f"p{len(outs)}.onnx")
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxprune",
+                "-q",
+                "prune",
+                src,
+                "-o",
+                out,
+                "--ratio",
+                "0.4",
+                "--round-to",
+                "1",
+                "--calib",
+                CALIB,
+                *budget,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(onnx.load(out))
+    a, b = _weights(outs[0]), _weights(outs[1])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxprune",
+            "prune",
+            src,
+            "-o",
+            str(tmp_path / "x.onnx"),
+            "--calib",
+            CALIB,
+            "--memory-budget",
+            "4Q",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "4G" in r.stderr and not (tmp_path / "x.onnx").exists()

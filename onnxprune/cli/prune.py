@@ -39,6 +39,21 @@ def _ratio(text: str) -> float:
     return v
 
 
+def _bytes(text: str) -> int:
+    """A size in bytes: 4G, 512M, 64K or a plain number."""
+    scale, number = 1, text
+    if text[-1:].isalpha():
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1].upper(), 0)
+        number = text[:-1]
+    try:
+        v = float(number) * scale
+    except ValueError:
+        v = -1.0
+    if scale == 0 or v < 0:
+        raise argparse.ArgumentTypeError(f"a size such as 4G, 512M or 1000000, got {text}")
+    return int(v)
+
+
 def _round_to(text: str) -> int:
     if text == "auto":
         return 0
@@ -213,6 +228,14 @@ def register(sub) -> None:
         default=1e-3,
         help="ridge strength towards the plain pruned weights, relative to the data scale (default 1e-3)",
     )
+    r.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        default=None,
+        metavar="SIZE",
+        help="activations recovery keeps in memory before spilling to disk, e.g. 4G or 512M "
+        "(default: 40%% of the memory available when recovery starts)",
+    )
     add_data_args(p)
     p.add_argument(
         "--task",
@@ -266,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     if args.recon_samples < 1 or args.ridge < 0:
         raise OnnxPruneError("--recon-samples must be positive and --ridge non-negative")
     recovery = RecoveryOptions(
-        args.reconstruct, args.bias_compensation, args.recalibrate, args.recon_samples, args.ridge
+        args.reconstruct, args.bias_compensation, args.recalibrate, args.recon_samples, args.ridge, args.memory_budget
     )
     options = PruneOptions(
         criterion=_criterion(args),
