@@ -47,8 +47,7 @@ def model_function(
     import torch
 
     graph = build_graph(model, {})
-    consts = {k: v for k, v in graph.consts.items()}
-    tg = TorchGraph(graph.model, consts, device=device)
+    tg = TorchGraph(graph.model, graph.consts, device=device)
     if channels_last:
         for k, v in tg.consts.items():
             if v.dim() == 4 and v.is_floating_point():

@@ -71,3 +71,13 @@ def data_spec(args: argparse.Namespace, flag: str = "calib"):
         layout=args.layout,
         seed=getattr(args, "seed", 0),
     )
+
+
+def add_task_arg(p: argparse.ArgumentParser, purpose: str) -> None:
+    """``--task``: the user's own metric, shared by eval, sensitivity and prune."""
+    p.add_argument(
+        "--task",
+        metavar="MODULE:FUNCTION",
+        help=f"{purpose}: module:function or file.py:function, called with predict(feeds) -> outputs, "
+        "returning a dict of metrics (first = primary, higher is better)",
+    )

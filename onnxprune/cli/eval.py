@@ -8,7 +8,7 @@ import json
 from .. import evaluate
 from ..errors import OnnxPruneError
 from ..save import save_json
-from .common import add_data_args, add_model_args, data_spec
+from .common import add_data_args, add_model_args, add_task_arg, data_spec
 
 
 def register(sub) -> None:
@@ -21,12 +21,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_data_args(p, "--data", required=False)
     p.add_argument("--reference", help="original model to compare against (top-1 agreement, |diff|, KL)")
-    p.add_argument(
-        "--task",
-        metavar="MODULE:FUNCTION",
-        help="your own metric instead of top-1: module:function or file.py:function, called with "
-        "predict(feeds) -> outputs, returning a dict of metrics (first = primary, higher is better)",
-    )
+    add_task_arg(p, "your own metric instead of top-1")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=run)
 

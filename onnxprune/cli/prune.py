@@ -19,7 +19,7 @@ from ..plan import PruningPlan
 from ..recovery import RecoveryOptions
 from ..report_markdown import markdown, plots
 from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
-from .common import add_data_args, add_model_args, add_selection_args, data_spec
+from .common import add_data_args, add_model_args, add_selection_args, add_task_arg, data_spec
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,7 @@ def register(sub) -> None:
         "(default: 40%% of the memory available when recovery starts)",
     )
     add_data_args(p)
-    p.add_argument(
-        "--task",
-        metavar="MODULE:FUNCTION",
-        help="evaluate the original and the pruned model with your own metric (as in `onnxprune eval`); "
-        "both go into the report",
-    )
+    add_task_arg(p, "evaluate the original and the pruned model with your own metric (both go into the report)")
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ from .. import sensitivity
 from ..errors import OnnxPruneError
 from ..save import check_output_path, save_json, save_text
 from ..sensitivity_measure import plot, to_csv
-from .common import add_data_args, add_model_args, add_selection_args, data_spec
+from .common import add_data_args, add_model_args, add_selection_args, add_task_arg, data_spec
 
 
 def register(sub) -> None:
@@ -26,11 +26,7 @@ def register(sub) -> None:
     add_selection_args(p)
     add_data_args(p, "--calib", required=False)
     p.add_argument("--eval", metavar="DATA", help="evaluation data (default: --calib); labels give top-1")
-    p.add_argument(
-        "--task",
-        metavar="MODULE:FUNCTION",
-        help="measure your own metric instead (module:function or file.py:function, as in `onnxprune eval`)",
-    )
+    add_task_arg(p, "measure your own metric instead of top-1")
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
     p.add_argument("--criterion", default="l1", help="which channels go at each ratio")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
