@@ -261,18 +261,31 @@ def sensitivity(
     jobs: int = 1,
     progress: bool = False,
     task=None,
+    recovery: RecoveryOptions | None = None,
     **criterion_options,
 ) -> dict:
     """Prune one group at a time at each ratio (channels chosen by ``criterion`` on ``calib``) and measure
     top-1 (labels) or agreement and KL with the original on ``data``, or the primary metric of ``task``
-    (see ``evaluation.evaluate_task``); see sensitivity_measure.py."""
+    (see ``evaluation.evaluate_task``); with ``recovery`` (e.g. ``RecoveryOptions(reconstruct=True)``)
+    each pruned copy is first recovered on ``calib``. See sensitivity_measure.py."""
     if (data is None) == (task is None):
         raise OnnxPruneError("sensitivity needs evaluation data (--data) or a task (--task), not both")
 
     report = analyze(model, input_shapes, exclude)
     scores = score_groups(report.graph, report.analysis, criterion, combine, seed, data=calib, **criterion_options)
     res = run_sensitivity(
-        report.graph, report.analysis, scores, list(ratios), as_data(data), exclude, jobs, progress, task=task
+        report.graph,
+        report.analysis,
+        scores,
+        list(ratios),
+        as_data(data),
+        exclude,
+        jobs,
+        progress,
+        task=task,
+        recovery=recovery,
+        calib=as_data(calib),
+        seed=seed,
     )
     res.update(criterion=criterion, model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else "")
     return res

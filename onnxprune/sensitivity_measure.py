@@ -4,6 +4,11 @@ how much the model loses; ``allocation.sensitivity`` turns the result into per-g
 With labels the loss is the top-1 drop in points; without, it is 100 - top-1 agreement with the original
 (KL divergence is recorded too). Pruned copies are evaluated on data held in memory, so keep the
 evaluation set small (``--limit``); groups can be spread over worker processes (``jobs``).
+
+With recovery options (``--reconstruct``), each pruned copy is first recovered on the calibration data
+as ``prune`` would recover it, so the measured loss is what remains after the refit. Models whose every
+group collapses when pruned alone (a recogniser's CTC output) but recovers under least squares are told
+apart only this way: the groups that least squares cannot repair are the ones to spare.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import onnx
 
 from .allocation.sensitivity import FORMAT
 from .allocation.uniform import kept_count, plan_from_counts
-from .data import open_data
+from .data import DataSpec, open_data
 from .errors import OnnxPruneError
 from .evaluation import evaluate_task, primary
 from .groups import Analysis, analyse
 from .load import build_graph
 from .progress import bar as progress_bar
+from .recovery import Recovery, RecoveryOptions, run_recovery
 from .report_markdown import pyplot
 from .rewrite import apply_plan
 from .runtime import make_session
@@ -64,6 +70,9 @@ def _point(task: tuple[int, float, int]) -> dict:
     s = _STATE
     plan = plan_from_counts(s["analysis"], s["scores"], {gid: n})
     model = apply_plan(s["graph"], s["analysis"], plan)
+    if s.get("recovery") is not None:
+        rec = Recovery(s["graph"], s["analysis"], plan, model)
+        run_recovery(rec, DataSpec(s["recovery_feeds"]), s["recovery"], s.get("seed", 0))
     if s.get("task") is not None:  # the user's metric on their own data (first key: the primary one)
         m = evaluate_task(model, s["task"])
     else:
@@ -81,9 +90,13 @@ def run_sensitivity(
     jobs: int = 1,
     progress: bool = False,
     task=None,
+    recovery: RecoveryOptions | None = None,
+    calib=None,
+    seed: int = 0,
 ) -> dict:
     """``data`` evaluates top-1 (labels) or agreement with the original; ``task`` (a callable or
-    ``module:function``, see ``evaluation.evaluate_task``) evaluates the user's own metric instead."""
+    ``module:function``, see ``evaluation.evaluate_task``) evaluates the user's own metric instead.
+    ``recovery`` (with ``calib``, a DataSpec) recovers each pruned copy before it is measured."""
     if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
         raise OnnxPruneError("--ratios must be numbers in (0, 1), e.g. 0.1,0.2,0.3")
     if jobs < 1:
@@ -113,7 +126,12 @@ def run_sensitivity(
                 tasks.append((g.id, r, n))
     if task is not None and jobs > 1 and not isinstance(task, str):
         raise OnnxPruneError("with --jobs > 1 the task must be named as module:function (workers import it)")
-    state = {"scores": scores, "feeds": feeds, "ref": ref, "labels": labels, "task": task}
+    state = {"scores": scores, "feeds": feeds, "ref": ref, "labels": labels, "task": task, "seed": seed}
+    if recovery is not None and recovery.active(calib is not None):
+        if calib is None:
+            raise OnnxPruneError("sensitivity with --reconstruct/--recalibrate needs calibration data (--calib)")
+        # read once: every pruned copy is recovered on the same batches
+        state.update(recovery=recovery, recovery_feeds=[f for f, _ in open_data(calib, graph)])
     bar = None
     if progress:
         bar = progress_bar(total=len(tasks), desc="sensitivity", unit="model")
@@ -158,7 +176,19 @@ def run_sensitivity(
         "baseline": base,
         "samples": len(ref) if ref is not None else None,
         "ratios": sorted(set(ratios)),
+        "recovery": _recovery_meta(state.get("recovery")),
         "groups": groups,
+    }
+
+
+def _recovery_meta(options: RecoveryOptions | None) -> dict | None:
+    """What each point was recovered with (None: measured as rewritten)."""
+    if options is None:
+        return None
+    return {
+        "reconstruct": options.reconstructs(True),
+        "recalibrate": options.recalibrate,
+        "bias_compensation": options.bias_compensation,
     }
 
 

@@ -15,7 +15,7 @@ import onnxprune
 from onnxprune.allocation import latency as lat
 from onnxprune.allocation.allocate import Allocation, allocate
 from onnxprune.allocation.global_rank import global_plan
-from onnxprune.allocation.sensitivity import ratios_from_sensitivity
+from onnxprune.allocation.sensitivity import densify, ratios_from_sensitivity, tradeoff_ratios
 from onnxprune.criteria import group_scores  # noqa: F401  (registers the criteria)
 from onnxprune.plan import PruningPlan
 from onnxprune.rewrite import apply_plan
@@ -145,6 +145,90 @@ def test_sensitivity_file_from_another_model_is_refused(trained_models, tmp_path
     res = {"format": "onnxprune.sensitivity/1", "groups": [{"id": 0, "sources": ["nope"], "points": []}]}
     with pytest.raises(onnxprune.OnnxPruneError, match="does not match"):
         ratios_from_sensitivity(res, onnxprune.analyze(os.path.join(trained_models, "resnet20.onnx")).analysis, 1.0)
+
+
+def test_tradeoff_spares_the_groups_that_lose_most_per_mac_saved():
+    points = {
+        0: [(0.25, 0.1), (0.5, 0.2), (0.75, 0.4)],  # cheap
+        1: [(0.25, 5.0), (0.5, 9.0), (0.75, 20.0)],  # costly for what it saves
+        2: [(0.25, -0.3), (0.5, 0.0), (0.75, 0.1)],  # measured a gain: counts as no loss
+        3: [(0.25, 1.0), (0.5, 0.2), (0.75, 3.0)],  # a noisy dip at 0.5 does not make it cheaper than 0.25
+    }
+    saved = {g: {0.25: 0.05, 0.5: 0.1, 0.75: 0.15} for g in points}
+    prev = dict.fromkeys(points, 0.0)
+    for knob in np.linspace(0.0, 0.99, 60):
+        r = tradeoff_ratios(points, saved, float(knob))
+        assert all(r[g] >= prev[g] for g in points)  # monotone in the knob: a target can be bisected
+        prev = r
+        if 0 < r[1]:
+            assert r[0] == 0.75 and r[2] == 0.75  # the costly group goes only after the cheap ones are used up
+        if 0 < r[3] < 0.5:
+            raise AssertionError("the envelope of group 3's drops is 1.0 from 0.25 on")
+    assert tradeoff_ratios(points, saved, 0.0) == dict.fromkeys(points, 0.0)
+    assert prev == dict.fromkeys(points, 0.75)
+    # between measured ratios: the convex hull of the envelope (0 -> 1.0 at 0.5 -> 3.0) and the saving,
+    # interpolated from (0, 0), never extrapolated
+    dense, dense_saved = densify({3: points[3]}, {3: saved[3]}, step=0.125)
+    assert dense[3] == [(0.125, 0.25), (0.25, 0.5), (0.375, 0.75), (0.5, 1.0), (0.625, 2.0), (0.75, 3.0)]
+    assert dense_saved[3][0.625] == pytest.approx(0.125)
+
+
+def test_sensitivity_to_a_target_spends_it_on_the_measured_cheap_groups(trained_models, tmp_path):
+    """A made-up sensitivity file (the first half of the groups expensive, the rest free) drives a MACs
+    target: the plan reaches it, within tolerance, from the free groups first."""
+    src = os.path.join(trained_models, "resnet20.onnx")
+    report = onnxprune.analyze(src)
+    ids = [g.id for g in report.analysis.groups if g.prunable]
+    costly = set(ids[: len(ids) // 2])
+    sens = {
+        "format": "onnxprune.sensitivity/1",
+        "metric": "top1",
+        "groups": [
+            {
+                "id": g,
+                "sources": list(report.analysis.groups[g].sources),
+                "points": [{"ratio": r, "drop": (30.0 if g in costly else 0.1) * r} for r in (0.25, 0.5, 0.75)],
+            }
+            for g in ids
+        ],
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(sens))
+    out, rep = tmp_path / "p.onnx", tmp_path / "r.json"
+    rc, _, err = run(
+        "prune", src, "-o", str(out), "--sensitivity", str(path), "--target-macs", "0.8", "--report", str(rep)
+    )
+    assert rc == 0, err
+    r = json.loads(rep.read_text())
+    assert r["after"]["macs"] / r["before"]["macs"] <= 0.8 * 1.01
+    ratios = {int(k): v for k, v in r["plan"]["meta"]["group_ratios"].items()}
+    assert sum(ratios[g] for g in costly) < sum(ratios[g] for g in ids if g not in costly)
+    assert r["verification"]["passed"]
+    both = ("--sensitivity", str(path), "--max-drop", "1", "--target-macs", "0.8")
+    rc, _, err = run("prune", src, "-o", str(out), *both)
+    assert rc != 0 and "drop the target" in err
+
+
+def test_sensitivity_after_reconstruction_measures_what_recovery_cannot_repair():
+    """Channel 3 is twice channel 0 and the layer after them is linear: removing one of them loses
+    nothing once least squares has refitted the head, but a lot as rewritten."""
+    b = G(shape=(1, 3, 6, 6))
+    rng = np.random.default_rng(1)
+    wa = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wa[0] *= 3
+    wa[3] = 2 * wa[0]
+    a = b.conv(b.x, 3, 4, w=wa, bias=False, name="a")
+    b.output(b.conv(a, 4, 5, k=1, name="head"))
+    model = b.model()
+    data = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(32)]
+    plain = onnxprune.sensitivity(model, "obs", [0.25], data=data, calib=data)
+    rec = onnxprune.sensitivity(
+        model, "obs", [0.25], data=data, calib=data, recovery=onnxprune.RecoveryOptions(reconstruct=True, ridge=1e-9)
+    )
+    assert plain["recovery"] is None and rec["recovery"]["reconstruct"] is True
+    (p_plain,), (p_rec,) = plain["groups"][0]["points"], rec["groups"][0]["points"]
+    assert p_plain["kl_divergence"] > 1e-3
+    assert p_rec["kl_divergence"] < 1e-6
 
 
 def test_iterative_steps_reach_the_target_and_verify(trained_models):

@@ -1,7 +1,8 @@
 """The real-model table: task metric after pruning, recovery and distillation, and CPU speed.
 
     python benchmarks/real/run.py [--models rec,det,cls,orientation,chardet] [--targets 0.7,0.5] \
-        [--criteria l1] [--distill rec,cls,orientation] [--out benchmarks/out/real.json] [--results docs/RESULTS.md]
+        [--criteria l1] [--allocations uniform,sensitivity] [--distill rec,cls,orientation] \
+        [--out benchmarks/out/real.json] [--results docs/RESULTS.md]
 
 For each model (../shared/real-models, input size as its package runs it) and each MACs target (kept
 fraction, --round-to 8): the task metric (benchmarks/real/tasks.py, the packages' own pre- and
@@ -10,6 +11,11 @@ least-squares reconstruction on the calibration split, after reconstruction + st
 and after 1 epoch of distillation (unlabeled distillation split, Adam lr 1e-4, T=4) of the reconstructed
 model; onnxruntime CPU speedup of the pruned model against the original (2 threads, batch 1, 50
 interleaved rounds, paired bootstrap 95% interval); the time of each step.
+
+Allocations: ``uniform`` (one ratio for every group, searched to the target) or ``sensitivity`` (each
+group pruned alone at 0.25/0.5/0.75, reconstructed on the calibration split and measured on the model's
+validation split ``NAME_val``; the target is then spent where the measured drop per MAC saved is lowest).
+The sensitivity file is kept in the output folder and reused; its time is reported once per model.
 """
 
 from __future__ import annotations
@@ -59,16 +65,43 @@ def speed(original: str, pruned, name: str, tmp: str) -> dict:
     }
 
 
-def row(name: str, target: float, criterion: str, distill: bool, tmp: str) -> dict:
+SENS_RATIOS = (0.25, 0.5, 0.75)
+
+
+def sensitivity(name: str, criterion: str, folder: str) -> tuple[dict, float]:
+    """The reconstructed sensitivity of ``name`` on its validation split (cached: minutes per model)."""
+    path = os.path.join(folder, f"sensitivity_{name}_{criterion}.json")
+    if os.path.exists(path):
+        res = json.load(open(path))
+        return res, res.get("seconds", 0.0)
+    t = time.perf_counter()
+    res = onnxprune.sensitivity(
+        os.path.join(tasks.REAL, tasks.MODELS[name][0]),
+        criterion,
+        SENS_RATIOS,
+        calib=onnxprune.DataSpec(getattr(tasks, f"{name}_calib")),
+        input_shapes=shape_arg(name),
+        task=getattr(tasks, f"{name}_val"),
+        recovery=onnxprune.RecoveryOptions(reconstruct=True),
+    )
+    res["seconds"] = round(time.perf_counter() - t, 1)
+    with open(path, "w") as f:
+        json.dump(res, f)
+    return res, res["seconds"]
+
+
+def row(name: str, target: float, criterion: str, allocation: str, distill: bool, tmp: str, folder: str) -> dict:
     path = os.path.join(tasks.REAL, tasks.MODELS[name][0])
     shapes = shape_arg(name)
     calib = onnxprune.DataSpec(getattr(tasks, f"{name}_calib"))
-    out = {"model": name, "target_macs": target, "criterion": criterion}
+    out = {"model": name, "target_macs": target, "criterion": criterion, "allocation": allocation}
     out["original"], _ = metric(path, name)
+    alloc = onnxprune.Allocation(target_macs=target)
+    if allocation == "sensitivity":
+        sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
+        alloc = onnxprune.Allocation(target_macs=target, sensitivity=sens)
     t = time.perf_counter()
-    plain, rep = onnxprune.prune(
-        path, criterion, target_macs=target, input_shapes=shapes, data=calib, reconstruct=False
-    )
+    plain, rep = onnxprune.prune(path, criterion, allocation=alloc, input_shapes=shapes, data=calib, reconstruct=False)
     out["macs_kept"] = round(rep.after.macs / rep.before.macs, 3)
     out["verification"] = {k: rep.verification[k] for k in ("passed", "method", "max_rel_diff")}
     out["prune_s"] = round(time.perf_counter() - t, 1)
@@ -111,6 +144,7 @@ def main() -> None:
     ap.add_argument("--models", default="rec,det,cls,orientation,chardet")
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--criteria", default="l1")
+    ap.add_argument("--allocations", default="uniform", help="uniform, sensitivity (comma-separated)")
     ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
     ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
@@ -120,17 +154,19 @@ def main() -> None:
     DISTILL_LIMIT = args.distill_limit
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
-    done = {(r["model"], r["target_macs"], r["criterion"]) for r in rows}
+    done = {(r["model"], r["target_macs"], r["criterion"], r.get("allocation", "uniform")) for r in rows}
+    folder = os.path.dirname(os.path.abspath(args.out))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             for target in (float(x) for x in args.targets.split(",")):
                 for crit in args.criteria.split(","):
-                    if (name, target, crit) in done:
-                        continue
-                    r = row(name, target, crit, name in args.distill.split(","), tmp)
-                    print(json.dumps(r), flush=True)
-                    rows.append(r)
-                    save_rows(args.out, rows)
+                    for alloc in args.allocations.split(","):
+                        if (name, target, crit, alloc) in done:
+                            continue
+                        r = row(name, target, crit, alloc, name in args.distill.split(","), tmp, folder)
+                        print(json.dumps(r), flush=True)
+                        rows.append(r)
+                        save_rows(args.out, rows)
     if args.results:
         replace_section(args.results, "real-models", table(json.load(open(args.out))))
 
@@ -149,7 +185,8 @@ def table(data: dict) -> str:
         ]
         sp = r["speed"]
         lines.append(
-            f"| {r['model']} ({r['criterion']}) | {name} | {r['macs_kept']:.2f} | {orig:.1f} | {' | '.join(cells)} | "
+            f"| {r['model']} ({r['criterion']}, {r.get('allocation', 'uniform')}) | {name} | "
+            f"{r['macs_kept']:.2f} | {orig:.1f} | {' | '.join(cells)} | "
             f"{sp['speedup']:.2f} ({sp['ci'][0]:.2f}-{sp['ci'][1]:.2f}) | {r['prune_s']:.0f} / "
             f"{r['reconstruct_s']:.0f} / {r.get('distill_s', '–')} |"
         )

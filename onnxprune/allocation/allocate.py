@@ -14,8 +14,8 @@ from ..plan import PruningPlan
 from .global_rank import NORMALISATIONS, global_plan, normalise
 from .latency import auto_round_to, check_target_latency, latency_plan_measured, latency_table
 from .pfec_greedy import check_strategy, greedy_plan
-from .sensitivity import ratios_from_sensitivity
-from .targets import plan_for_target
+from .sensitivity import densify, measured_points, ratios_from_sensitivity, tradeoff_ratios
+from .targets import counts_of, plan_for_target
 from .uniform import check_ratio, check_rounding, kept_count, ratio_plan, uniform_plan
 
 # Kept channels a multiple of 8 by default: onnxruntime's CPU convolutions (NCHWc) and tensor cores work on
@@ -63,8 +63,8 @@ class Allocation:
             missing = BACKENDS[self.backend].available()
             if missing:  # before any work: these allocations time rewritten models on the backend
                 raise OnnxPruneError(missing)
-        if (self.sensitivity is None) != (self.max_drop is None):
-            raise OnnxPruneError("--sensitivity and --max-drop go together")
+        if self.max_drop is not None and self.sensitivity is None:
+            raise OnnxPruneError("--max-drop needs --sensitivity")
         modes = [
             self.global_rank,
             self.strategy == "greedy",
@@ -75,8 +75,11 @@ class Allocation:
             raise OnnxPruneError(
                 "--global, --strategy greedy, --sensitivity and --target-latency are separate allocations; choose one"
             )
-        if self.sensitivity is not None and targets:
-            raise OnnxPruneError("--sensitivity/--max-drop sets each group's ratio itself; drop the target")
+        if self.sensitivity is not None:
+            if self.max_drop is not None and targets:
+                raise OnnxPruneError("--max-drop sets each group's ratio itself; drop the target (or --max-drop)")
+            if self.max_drop is None and not (self.target_macs or self.target_params):
+                raise OnnxPruneError("--sensitivity needs --max-drop or a target (--target-macs, --target-params)")
 
     def meta(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and k not in ("sensitivity", "latency_cache")}
@@ -137,6 +140,8 @@ def allocate(
             fp16=alloc.bench_fp16,
         )
         plan.meta["latency_table_cached"] = table["cached"]
+    elif alloc.sensitivity is not None and alloc.max_drop is None:
+        plan = _sensitivity_to_target(graph, analysis, scores, alloc, round_to)
     elif alloc.sensitivity is not None:
         ratios = ratios_from_sensitivity(alloc.sensitivity, analysis, alloc.max_drop)
         plan = ratio_plan(analysis, scores, lambda gid: ratios.get(gid, 0.0), round_to, alloc.min_channels)
@@ -186,6 +191,52 @@ def allocate(
     plan.meta["round_to"] = round_to
     if measured:
         plan.meta["round_to_auto"] = measured
+    return plan
+
+
+def _sensitivity_to_target(graph, analysis, scores, alloc: Allocation, round_to: int) -> PruningPlan:
+    """Ratios per group that reach the target with the least summed measured loss (``tradeoff_ratios``,
+    between measured ratios by ``densify``); what each group saves at each measured ratio is counted on
+    the model's shapes."""
+    metric = "macs" if alloc.target_macs is not None else "params"
+    target = alloc.target_macs if metric == "macs" else alloc.target_params
+    points = measured_points(alloc.sensitivity, analysis)
+    points = {gid: p for gid, p in points.items() if analysis.groups[gid].prunable and gid in scores}
+    total = getattr(counts_of(graph, analysis, PruningPlan()), metric)
+
+    def plan_at(ratios: dict[int, float]) -> PruningPlan:
+        return ratio_plan(analysis, scores, lambda gid: ratios.get(gid, 0.0), round_to, alloc.min_channels)
+
+    saved = {
+        gid: {r: 1.0 - getattr(counts_of(graph, analysis, plan_at({gid: r})), metric) / max(total, 1) for r, _ in pts}
+        for gid, pts in points.items()
+    }
+    points, saved = densify(points, saved)
+
+    def make(knob: float) -> PruningPlan:
+        return plan_at(tradeoff_ratios(points, saved, knob))
+
+    def removed_ratio(plan: PruningPlan, gid: int) -> float:
+        return len(plan.remove.get(gid, [])) / analysis.groups[gid].channels
+
+    def loss_per_saving(light: PruningPlan, heavy: PruningPlan) -> list[int]:
+        """Blend order where two knob values jump over the target: the groups whose extra cut loses
+        least (interpolated drop) per unit saved go first."""
+
+        def cost(gid: int) -> float:
+            if gid not in points:
+                return float("inf")
+            xs, ys = [0.0] + [r for r, _ in points[gid]], [0.0] + [d for _, d in points[gid]]
+            ss = [0.0] + [saved[gid][r] for r, _ in points[gid]]
+            a, b = removed_ratio(light, gid), removed_ratio(heavy, gid)
+            gain = float(np.interp(b, xs, ss) - np.interp(a, xs, ss))
+            return float(np.interp(b, xs, ys) - np.interp(a, xs, ys)) / max(gain, 1e-12)
+
+        return sorted(heavy.remove, key=cost)
+
+    plan, _, _ = plan_for_target(graph, analysis, make, target, metric, blend_order=loss_per_saving)
+    plan.meta["group_ratios"] = {str(gid): round(removed_ratio(plan, gid), 4) for gid in sorted(points)}
+    plan.meta["allocation"] = "sensitivity"
     return plan
 
 

@@ -117,8 +117,9 @@ def register(sub) -> None:
     a.add_argument(
         "--sensitivity",
         metavar="FILE",
-        help="sensitivity JSON from `onnxprune sensitivity`: each group "
-        "gets the largest ratio whose measured drop stays under --max-drop",
+        help="sensitivity JSON from `onnxprune sensitivity`: with --max-drop each group gets the largest "
+        "ratio whose measured drop stays under it; with --target-macs/--target-params the target is spent "
+        "where the measured drop per MAC (parameter) saved is lowest",
     )
     a.add_argument(
         "--max-drop",

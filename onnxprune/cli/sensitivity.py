@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from .. import sensitivity
 from ..errors import OnnxPruneError
+from ..recovery import RecoveryOptions
 from ..save import check_output_path, save_json, save_text
 from ..sensitivity_measure import plot, to_csv
 from .common import add_data_args, add_model_args, add_selection_args, add_task_arg, data_spec
@@ -29,6 +30,13 @@ def register(sub) -> None:
     add_task_arg(p, "measure your own metric instead of top-1")
     p.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
     p.add_argument("--criterion", default="l1", help="which channels go at each ratio")
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="least-squares reconstruction of each pruned copy on --calib before it is measured (as "
+        "`prune --reconstruct` would recover it): measures what recovery cannot repair",
+    )
+    p.add_argument("--recalibrate", action="store_true", help="statistics recalibration of each pruned copy")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("-o", "--output", default="sensitivity", help="output stem (default: sensitivity)")
     p.add_argument("--seed", type=int, default=0)
@@ -47,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.task is None and args.calib is None:
         raise OnnxPruneError("sensitivity needs --calib (evaluation data, or --eval) or --task")
     calib = data_spec(args) if args.calib is not None else None
+    recovery = None
+    if args.reconstruct or args.recalibrate:
+        if calib is None:
+            raise OnnxPruneError("--reconstruct/--recalibrate need calibration data (--calib)")
+        recovery = RecoveryOptions(reconstruct=args.reconstruct, recalibrate=args.recalibrate)
     ev = None
     if args.task is None:
         ev = replace(calib, source=args.eval) if args.eval else calib
@@ -62,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         progress=not args.quiet,
         task=args.task,
+        recovery=recovery,
     )
     save_json(res, stem + ".json")
     save_text(to_csv(res), stem + ".csv")

@@ -12,6 +12,12 @@ which is exactly what the least-squares reconstruction then achieves for that on
 score is the sum over every layer that consumes it (each branch of a residual stream). The scores are
 computed once, one-shot: removing several channels of one layer together is scored as the sum of their
 single costs, without the OBS update of H^-1 after each removal (documented limit).
+
+With ``relative`` (the default) each layer's cost is divided by that layer's output energy
+``trace(W' H W) = ||X W||^2``, so a channel's score is the fraction of each consumer's output that its
+removal loses after the refit. That makes scores of different groups comparable (an absolute squared
+error grows with the layer's width and activation scale), which is what ``--global`` ranks by; within a
+group the order is the same unless its channels feed consumers of different energy.
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ def _consumers(graph, analysis):
     "(Frantar & Alistarh 2022); needs --calib",
     needs_data=True,
 )
-def obs(graph, analysis, data=None, seed: int = 0, samples: int = 4096, damp: float = 0.01) -> np.ndarray:
+def obs(
+    graph, analysis, data=None, seed: int = 0, samples: int = 4096, damp: float = 0.01, relative: bool = True
+) -> np.ndarray:
     if data is None:
         raise OnnxPruneError("obs needs data: pass --calib (e.g. data.npz, a folder of images)")
     consumers = _consumers(graph, analysis)
@@ -81,13 +89,14 @@ def obs(graph, analysis, data=None, seed: int = 0, samples: int = 4096, damp: fl
     for node, layer, labels in consumers:
         w = to_mats(layer, graph.consts[node.input[1]].astype(np.float64))[0]  # K x O
         h = gram[node.name]
+        energy = float(np.sum(w * (h @ w))) if relative else 1.0  # ||X W||^2 before dampening
         h = h + damp * float(np.mean(np.diag(h)) or 1.0) * np.eye(len(h))
         hinv = np.linalg.inv(h)
         taps = len(h) // len(labels)  # inputs read per labelled position (kernel taps of a Conv)
         feature_atom = np.repeat(labels, taps)
         for atom in np.unique(labels[labels >= 0]):
             idx = np.nonzero(feature_atom == atom)[0]
-            cost[atom] += block_cost(hinv, w, idx)
+            cost[atom] += block_cost(hinv, w, idx) / max(energy, 1e-30)
             seen[atom] = True
     scores[seen] = cost[seen]
     return _fill_unseen(analysis, scores)
