@@ -15,7 +15,7 @@ import onnxprune
 from onnxprune.allocation import latency as lat
 from onnxprune.allocation.allocate import Allocation, allocate
 from onnxprune.allocation.global_rank import global_plan
-from onnxprune.allocation.sensitivity import densify, ratios_from_sensitivity, tradeoff_ratios
+from onnxprune.allocation.sensitivity import densify, measured_loss, ratios_from_sensitivity, tradeoff_ratios
 from onnxprune.criteria import group_scores  # noqa: F401  (registers the criteria)
 from onnxprune.plan import PruningPlan
 from onnxprune.rewrite import apply_plan
@@ -279,6 +279,15 @@ def test_latency_plan_prefers_cheap_importance_per_millisecond(tmp_path):
     assert len(plan.remove.get(a, [])) == 2 and not plan.remove.get(b) and pred == pytest.approx(0.6)
     plan, pred = lat.latency_plan(report.analysis, scores, table, 0.55)
     assert len(plan.remove[a]) == 2 and len(plan.remove[b]) == 2 and pred == pytest.approx(0.5)
+    # with measured drops (--sensitivity) instead of scores: a loses 10 points at half, b only 0.5, so b
+    # goes first although it saves less; a group measured only up to a quarter is never cut past it
+    points = {a: [(0.5, 10.0)], b: [(0.5, 0.5)]}
+    loss = measured_loss(points, {a: 4, b: 4})
+    plan, pred = lat.latency_plan(report.analysis, scores, table, 0.95, loss)
+    assert len(plan.remove.get(b, [])) == 2 and not plan.remove.get(a) and pred == pytest.approx(0.9)
+    loss = measured_loss({a: [(0.25, 0.0)], b: [(0.5, 0.5)]}, {a: 4, b: 4})
+    plan, _ = lat.latency_plan(report.analysis, scores, table, 0.0, loss)
+    assert not plan.remove.get(a) and len(plan.remove[b]) == 2
 
 
 def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):

@@ -14,7 +14,7 @@ from ..plan import PruningPlan
 from .global_rank import NORMALISATIONS, global_plan, normalise
 from .latency import auto_round_to, check_target_latency, latency_plan_measured, latency_table
 from .pfec_greedy import check_strategy, greedy_plan
-from .sensitivity import densify, measured_points, ratios_from_sensitivity, tradeoff_ratios
+from .sensitivity import densify, measured_loss, measured_points, ratios_from_sensitivity, tradeoff_ratios
 from .targets import counts_of, plan_for_target
 from .uniform import check_ratio, check_rounding, kept_count, ratio_plan, uniform_plan
 
@@ -68,18 +68,19 @@ class Allocation:
         modes = [
             self.global_rank,
             self.strategy == "greedy",
-            self.sensitivity is not None,
-            self.target_latency is not None,
+            self.sensitivity is not None or self.target_latency is not None,
         ]
         if sum(modes) > 1:
             raise OnnxPruneError(
-                "--global, --strategy greedy, --sensitivity and --target-latency are separate allocations; choose one"
+                "--global, --strategy greedy and --sensitivity/--target-latency are separate allocations; choose one"
             )
         if self.sensitivity is not None:
             if self.max_drop is not None and targets:
                 raise OnnxPruneError("--max-drop sets each group's ratio itself; drop the target (or --max-drop)")
-            if self.max_drop is None and not (self.target_macs or self.target_params):
-                raise OnnxPruneError("--sensitivity needs --max-drop or a target (--target-macs, --target-params)")
+            if self.max_drop is None and not targets:
+                raise OnnxPruneError(
+                    "--sensitivity needs --max-drop or a target (--target-macs, --target-params, --target-latency)"
+                )
 
     def meta(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and k not in ("sensitivity", "latency_cache")}
@@ -127,6 +128,10 @@ def allocate(
             rewrite=rewrite,
             fp16=alloc.bench_fp16,
         )
+        loss = None
+        if alloc.sensitivity is not None:  # what each width loses, as measured, instead of criterion scores
+            points = measured_points(alloc.sensitivity, analysis)
+            loss = measured_loss(points, {gid: analysis.groups[gid].channels for gid in points})
         plan = latency_plan_measured(
             graph,
             analysis,
@@ -138,7 +143,10 @@ def allocate(
             alloc.bench_threads,
             rewrite=rewrite,
             fp16=alloc.bench_fp16,
+            loss=loss,
         )
+        if alloc.sensitivity is not None:
+            plan.meta["loss"] = "sensitivity"
         plan.meta["latency_table_cached"] = table["cached"]
     elif alloc.sensitivity is not None and alloc.max_drop is None:
         plan = _sensitivity_to_target(graph, analysis, scores, alloc, round_to)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 
@@ -136,31 +137,49 @@ def check_target_latency(target: float) -> None:
         raise OnnxPruneError(f"--target-latency must be in (0, 1], got {target}")
 
 
-def latency_plan(
-    analysis: Analysis, scores: dict[int, np.ndarray], table: dict, keep_fraction: float
-) -> tuple[PruningPlan, float]:
-    """Greedy by importance lost per millisecond saved; returns (plan, predicted fraction of the latency).
+def score_loss(scores: dict[int, np.ndarray]) -> Callable[[int, int], float]:
+    """Importance lost when a group loses its ``n`` lowest-scored channels: the sum of their scores."""
+    order = {gid: np.cumsum(np.sort(s)) for gid, s in scores.items() if len(s) and not np.isnan(s).any()}
 
-    ``keep_fraction`` is a budget in the table's (predicted) units; the closed loop may push it below
-    zero when the table is that optimistic.
+    def loss(gid: int, n: int) -> float:
+        if gid not in order:
+            return float("inf")
+        return float(order[gid][n - 1]) if n > 0 else 0.0
+
+    return loss
+
+
+def latency_plan(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    table: dict,
+    keep_fraction: float,
+    loss: Callable[[int, int], float] | None = None,
+) -> tuple[PruningPlan, float]:
+    """Greedy by loss per millisecond saved; returns (plan, predicted fraction of the latency).
+
+    ``loss(group, n_removed)`` is what a group loses with ``n_removed`` channels gone: by default the
+    summed (normalised) scores of those channels, or a measured drop (``--sensitivity``); infinite
+    where the group must not go. ``keep_fraction`` is a budget in the table's (predicted) units; the
+    closed loop may push it below zero when the table is that optimistic.
     """
+    loss = loss or score_loss(scores)
     l0 = table["original_ms"]
     rows = {int(k): v for k, v in table["groups"].items()}
     cur = {gid: len(v["widths"]) - 1 for gid, v in rows.items()}  # index of the current width (full)
-    order = {gid: np.sort(scores[gid]) for gid in rows if gid in scores and not np.isnan(scores[gid]).any()}
     saved = 0.0
     while l0 - saved > keep_fraction * l0:
         best = None
         for gid, i in cur.items():
-            if gid not in order:
-                continue
             r = rows[gid]
             full = r["widths"][-1]
             for j in range(i):
                 gain = r["saved_ms"][j] - r["saved_ms"][i]
                 if gain <= 0:
                     continue
-                lost = float(order[gid][full - r["widths"][i] : full - r["widths"][j]].sum())
+                lost = loss(gid, full - r["widths"][j]) - loss(gid, full - r["widths"][i])
+                if not np.isfinite(lost):
+                    continue
                 cand = (lost / gain, gid, j, gain)
                 if best is None or cand < best:
                     best = cand
@@ -191,6 +210,7 @@ def latency_plan_measured(
     *,
     rewrite,
     fp16: bool = False,
+    loss: Callable[[int, int], float] | None = None,
 ) -> PruningPlan:
     """Closed loop around ``latency_plan``: the returned plan's latency was measured, not predicted.
 
@@ -201,7 +221,7 @@ def latency_plan_measured(
     tried: list[tuple[float, float, float, PruningPlan]] = []  # (budget, predicted, measured, plan)
     budget = target
     for _ in range(rounds):
-        plan, pred = latency_plan(analysis, scores, table, budget)
+        plan, pred = latency_plan(analysis, scores, table, budget, loss)
         if tried and plan.remove == tried[-1][3].remove:
             break  # the greedy cannot prune further (every group at its minimum width) or the budget stalled
         ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters, rewrite, fp16)

@@ -64,17 +64,46 @@ def densify(
     from nothing to half its channels at one knob value and leave the target between two plans."""
     dense_points, dense_saved = {}, {}
     for gid, pts in points.items():
-        xs, env, ys = [0.0], 0.0, [0.0]
-        for ratio, drop in pts:
-            env = max(env, drop)
-            xs.append(ratio)
-            ys.append(env)
-        xs, ys = _lower_hull(xs, ys)
+        xs, ys = _hull(pts)
         sx, sv = [0.0] + [r for r, _ in pts], [0.0] + [saved[gid].get(r, 0.0) for r, _ in pts]
         grid = sorted({*(r for r, _ in pts), *np.arange(step, xs[-1], step).round(6)})
         dense_points[gid] = [(float(r), float(np.interp(r, xs, ys))) for r in grid]
         dense_saved[gid] = {float(r): float(np.interp(r, sx, sv)) for r in grid}
     return dense_points, dense_saved
+
+
+def measured_loss(points: dict[int, list[tuple[float, float]]], channels: dict[int, int]):
+    """``loss(group, n_removed)`` for the latency allocation: the measured drop at that ratio (the convex
+    hull of its envelope, as ``densify`` uses, plus the ratio^2 tie-break of ``tradeoff_ratios``),
+    infinite past the largest measured ratio or for a group that was not measured."""
+    hulls = {gid: _hull(pts) for gid, pts in points.items()}
+    tie = _tie(points)
+
+    def loss(gid: int, n: int) -> float:
+        if gid not in hulls:
+            return float("inf")
+        xs, ys = hulls[gid]
+        ratio = n / channels[gid]
+        if ratio > xs[-1] + 1e-9:
+            return float("inf")
+        return float(np.interp(ratio, xs, ys)) + tie * ratio * ratio
+
+    return loss
+
+
+def _tie(points: dict[int, list[tuple[float, float]]]) -> float:
+    """Weight of the ratio^2 tie-break: 1e-3 of the largest measured drop."""
+    return 1e-3 * max(max((d for pts in points.values() for _, d in pts), default=0.0), 1e-9)
+
+
+def _hull(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """From (0, 0) through the measured points: the envelope of the drops, then its lower convex hull."""
+    xs, ys, env = [0.0], [0.0], 0.0
+    for ratio, drop in points:
+        env = max(env, drop)
+        xs.append(ratio)
+        ys.append(env)
+    return _lower_hull(xs, ys)
 
 
 def _lower_hull(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
@@ -104,8 +133,7 @@ def tradeoff_ratios(
     times ratio^2, so groups that measured no loss at all are cut evenly instead of all at once to
     their largest measured ratio (losses measured one group at a time add up when cuts combine)."""
     lam = (knob / (1.0 - knob)) ** 2 if knob < 1.0 else float("inf")
-    worst = max((d for pts in points.values() for _, d in pts), default=0.0)
-    tie = 1e-3 * max(worst, 1e-9)
+    tie = _tie(points)
     out = {}
     for gid, pts in points.items():
         best_ratio, best_value, envelope = 0.0, 0.0, 0.0

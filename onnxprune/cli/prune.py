@@ -118,8 +118,8 @@ def register(sub) -> None:
         "--sensitivity",
         metavar="FILE",
         help="sensitivity JSON from `onnxprune sensitivity`: with --max-drop each group gets the largest "
-        "ratio whose measured drop stays under it; with --target-macs/--target-params the target is spent "
-        "where the measured drop per MAC (parameter) saved is lowest",
+        "ratio whose measured drop stays under it; with --target-macs/--target-params/--target-latency the "
+        "target is spent where the measured drop per MAC (parameter, measured millisecond) saved is lowest",
     )
     a.add_argument(
         "--max-drop",
