@@ -139,6 +139,10 @@ def test_sensitivity_parallel_equals_serial(trained_models):
     a = onnxprune.sensitivity(src, ratios=[0.5], data=data)
     b = onnxprune.sensitivity(src, ratios=[0.5], data=data, jobs=2)
     assert a["groups"] == b["groups"]
+    calib, rec = onnxprune.DataSpec(SAMPLES, limit=64), onnxprune.RecoveryOptions(reconstruct=True)
+    a = onnxprune.sensitivity(src, ratios=[0.5], data=data, calib=calib, recovery=rec)
+    b = onnxprune.sensitivity(src, ratios=[0.5], data=data, calib=calib, recovery=rec, jobs=2)
+    assert a["groups"] == b["groups"]  # the workers recover each copy as the parent would
 
 
 def test_sensitivity_file_from_another_model_is_refused(trained_models, tmp_path):
@@ -207,6 +211,13 @@ def test_sensitivity_to_a_target_spends_it_on_the_measured_cheap_groups(trained_
     both = ("--sensitivity", str(path), "--max-drop", "1", "--target-macs", "0.8")
     rc, _, err = run("prune", src, "-o", str(out), *both)
     assert rc != 0 and "drop the target" in err
+
+
+def test_sensitivity_reconstruct_needs_calibration_data(trained_models, tmp_path):
+    src = os.path.join(trained_models, "resnet20.onnx")
+    rc, _, err = run("sensitivity", src, "--task", "mod:fn", "--reconstruct", "-o", str(tmp_path / "s"))
+    assert rc != 0 and "need calibration data (--calib)" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "s.json")
 
 
 def test_sensitivity_after_reconstruction_measures_what_recovery_cannot_repair():

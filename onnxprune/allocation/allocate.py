@@ -3,6 +3,7 @@ or latency-aware, optionally searched to a MACs/params target."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from .pfec_greedy import check_strategy, greedy_plan
 from .sensitivity import densify, measured_loss, measured_points, ratios_from_sensitivity, tradeoff_ratios
 from .targets import counts_of, plan_for_target
 from .uniform import check_ratio, check_rounding, kept_count, ratio_plan, uniform_plan
+
+log = logging.getLogger(__name__)
 
 # Kept channels a multiple of 8 by default: onnxruntime's CPU convolutions (NCHWc) and tensor cores work on
 # blocks of 8, and other widths measured slower than the unpruned model (README latency table, round-to 1)
@@ -100,6 +103,14 @@ def allocate(
     models (``--target-latency``, ``--round-to auto``); the caller passes it, since allocation sits
     below the rewrite layer."""
     alloc.check(criterion)
+    measured_with = (alloc.sensitivity or {}).get("criterion")
+    if measured_with and measured_with != criterion:
+        log.warning(
+            "the sensitivity file was measured with criterion '%s' and this run removes channels by '%s': "
+            "its drops describe other channels",
+            measured_with,
+            criterion,
+        )
     if rewrite is None and (alloc.round_to == 0 or alloc.target_latency is not None):
         raise OnnxPruneError("--target-latency and --round-to auto time rewritten models: pass rewrite=apply_plan")
     round_to = alloc.round_to

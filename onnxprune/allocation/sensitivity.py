@@ -124,7 +124,8 @@ def _lower_hull(xs: list[float], ys: list[float]) -> tuple[list[float], list[flo
 def tradeoff_ratios(
     points: dict[int, list[tuple[float, float]]], saved: dict[int, dict[float, float]], knob: float
 ) -> dict[int, float]:
-    """Per group, the measured ratio that maximises ``lam * saved - loss`` with ``lam = (knob / (1 - knob))^2``
+    """Per group, the candidate ratio (measured, or interpolated by ``densify``) that maximises
+    ``lam * saved - loss`` with ``lam = (knob / (1 - knob))^2``
     (a Lagrangian relaxation of "least total measured loss for this much saved": every group is
     decided on its own, and each group's ratio only grows with ``knob``, so a target can be bisected).
 
