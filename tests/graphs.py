@@ -114,3 +114,16 @@ def compounding(
     logits = g.op("Gemm", [f, g.const(w), g.const(np.zeros(classes, np.float32))], transB=1)
     g.output(g.op("Softmax", [logits], axis=-1))
     return g.model()
+
+
+def absorbable() -> onnx.ModelProto:
+    """Conv 'a' (4 channels) then a linear 1x1 'head'. Channel 3 of 'a' is twice channel 0, and both have
+    the largest filters (so l1 keeps them): only 0 or 3 can go without loss, and least squares can
+    absorb either into the head exactly."""
+    b = G(shape=(1, 3, 6, 6))
+    wa = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wa[0] *= 3
+    wa[3] = 2 * wa[0]
+    a = b.conv(b.x, 3, 4, w=wa, bias=False, name="a")
+    b.output(b.conv(a, 4, 5, k=1, name="head"))
+    return b.model()

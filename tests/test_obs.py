@@ -4,7 +4,7 @@ first the input that the refit can absorb."""
 from __future__ import annotations
 
 import numpy as np
-from graphs import G
+from graphs import absorbable
 from helpers import feeds_for, outputs
 
 import onnxprune
@@ -25,16 +25,9 @@ def test_cost_equals_the_increase_of_the_refitted_error():
 
 
 def test_obs_removes_the_absorbable_channel_first_and_the_refit_is_exact():
-    """Channel 3 of conv 'a' is 2x channel 0 (and both have the largest filters, so l1 keeps them): only
-    0 or 3 can go without loss, and obs picks one of them; least squares then restores the output."""
-    b = G(shape=(1, 3, 6, 6))
-    rng = np.random.default_rng(1)
-    wa = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    wa[0] *= 3
-    wa[3] = 2 * wa[0]
-    a = b.conv(b.x, 3, 4, w=wa, bias=False, name="a")
-    b.output(b.conv(a, 4, 5, k=1, name="head"))  # linear between them: the dependence survives
-    model = b.model()
+    """graphs.absorbable: only channel 0 or 3 of 'a' can go without loss; obs picks one of them (l1 does
+    not), and least squares then restores the output."""
+    model = absorbable()
     data = [feeds_for(model, seed=s) for s in range(16)]
     pruned, r = onnxprune.prune(model, "obs", 0.25, round_to=1, data=data, ridge=1e-9)  # exact refit: no ridge
     ((gid, removed),) = ((g["id"], g["removed"]) for g in r.groups if g["removed"])
