@@ -295,6 +295,21 @@ def test_latency_plan_prefers_cheap_importance_per_millisecond(tmp_path):
     assert not plan.remove.get(a) and len(plan.remove[b]) == 2
 
 
+def test_latency_timing_keeps_the_analysed_shapes_of_dynamic_inputs():
+    """A model with a dynamic width (an OCR line) is timed at the width it was analysed at, also with a
+    benchmark batch: the batch replaces the leading dim only."""
+    b = G(shape=(1, 3, 8, 8))
+    b.output(b.conv(b.op("Relu", [b.conv(b.x, 3, 8)]), 8, 4))
+    model = b.model()
+    for k, name in ((0, "N"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[k].dim_param = name
+    report = onnxprune.analyze(model, ["x:1x3x8x24"])
+    plan = lat._narrow(report.analysis, next(g.id for g in report.groups if g.prunable), 4)
+    for batch in (None, 2):
+        ms = lat._time_variants(report.graph, report.analysis, [plan], "ort-cpu", batch, 1, 2, apply_plan)
+        assert len(ms) == 2 and all(m > 0 for m in ms)
+
+
 def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):
     rep = onnxprune.analyze(os.path.join(shared_models, "vgg11.onnx"))
 

@@ -64,7 +64,9 @@ def _time_variants(
             paths,
             backend,
             batch=batch,
-            input_shapes=dict(graph.input_shapes) if batch is None else None,
+            # the shapes the model was analysed at (its other dynamic dims: an OCR line's width), with the
+            # leading dim set to the benchmark batch where one is asked for
+            input_shapes={k: (batch, *v[1:]) if batch and v else v for k, v in graph.input_shapes.items()},
             threads=threads,
             warmup=2,
             iters=iters,
