@@ -15,6 +15,8 @@ interleaved rounds, paired bootstrap 95% interval); the time of each step.
 Allocations: ``uniform`` (one ratio for every group, searched to the target) or ``sensitivity`` (each
 group pruned alone at 0.25/0.5/0.75, reconstructed on the calibration split and measured on the model's
 validation split ``NAME_val``; the target is then spent where the measured drop per MAC saved is lowest).
+``sensitivity-latency`` spends a latency target instead (``--targets`` then are fractions of the latency
+measured with onnxruntime, 2 threads, batch 1): widths are cut by measured drop per measured millisecond.
 The sensitivity file is kept in the output folder and reused; its time is reported once per model.
 """
 
@@ -100,6 +102,9 @@ def row(name: str, target: float, criterion: str, allocation: str, distill: bool
     if allocation == "sensitivity":
         sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
         alloc = onnxprune.Allocation(target_macs=target, sensitivity=sens)
+    elif allocation == "sensitivity-latency":  # the target is a fraction of the measured latency
+        sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
+        alloc = onnxprune.Allocation(target_latency=target, sensitivity=sens, bench_threads=2, bench_batch=1)
     t = time.perf_counter()
     plain, rep = onnxprune.prune(path, criterion, allocation=alloc, input_shapes=shapes, data=calib, reconstruct=False)
     out["macs_kept"] = round(rep.after.macs / rep.before.macs, 3)
@@ -144,7 +149,12 @@ def main() -> None:
     ap.add_argument("--models", default="rec,det,cls,orientation,chardet")
     ap.add_argument("--targets", default="0.7,0.5")
     ap.add_argument("--criteria", default="l1")
-    ap.add_argument("--allocations", default="uniform", help="uniform, sensitivity (comma-separated)")
+    ap.add_argument(
+        "--allocations",
+        default="uniform",
+        help="uniform, sensitivity, sensitivity-latency (comma-separated; with sensitivity-latency the "
+        "targets are fractions of the measured latency, 2 threads, batch 1)",
+    )
     ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
     ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
@@ -171,6 +181,11 @@ def main() -> None:
         replace_section(args.results, "real-models", table(json.load(open(args.out))))
 
 
+def _allocation(r: dict) -> str:
+    a = r.get("allocation", "uniform")
+    return f"sensitivity, latency {r['target_macs']}" if a == "sensitivity-latency" else a
+
+
 def table(data: dict) -> str:
     lines = [
         "| model | metric | MACs kept | original | pruned | + reconstruct | + recalibrate | + 1 epoch distil | "
@@ -185,7 +200,7 @@ def table(data: dict) -> str:
         ]
         sp = r["speed"]
         lines.append(
-            f"| {r['model']} ({r['criterion']}, {r.get('allocation', 'uniform')}) | {name} | "
+            f"| {r['model']} ({r['criterion']}, {_allocation(r)}) | {name} | "
             f"{r['macs_kept']:.2f} | {orig:.1f} | {' | '.join(cells)} | "
             f"{sp['speedup']:.2f} ({sp['ci'][0]:.2f}-{sp['ci'][1]:.2f}) | {r.get('sensitivity_s', '–')} / "
             f"{r['prune_s']:.0f} / {r['reconstruct_s']:.0f} / {r.get('distill_s', '–')} |"
