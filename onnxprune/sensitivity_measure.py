@@ -101,6 +101,11 @@ def run_sensitivity(
         raise OnnxPruneError("--ratios must be numbers in (0, 1), e.g. 0.1,0.2,0.3")
     if jobs < 1:
         raise OnnxPruneError("--jobs must be at least 1")
+    if task is not None and jobs > 1 and not isinstance(task, str):
+        raise OnnxPruneError("with --jobs > 1 the task must be named as module:function (workers import it)")
+    recovering = recovery is not None and recovery.active(calib is not None)
+    if recovering and calib is None:
+        raise OnnxPruneError("--reconstruct/--recalibrate need calibration data (--calib)")
     if task is not None:
         feeds, labels, ref = [], None, None
         base = evaluate_task(graph.model, task)
@@ -124,13 +129,8 @@ def run_sensitivity(
             n = g.channels - kept_count(g.channels, r)
             if n > 0:
                 tasks.append((g.id, r, n))
-    if task is not None and jobs > 1 and not isinstance(task, str):
-        raise OnnxPruneError("with --jobs > 1 the task must be named as module:function (workers import it)")
     state = {"scores": scores, "feeds": feeds, "ref": ref, "labels": labels, "task": task, "seed": seed}
-    if recovery is not None and recovery.active(calib is not None):
-        if calib is None:
-            raise OnnxPruneError("sensitivity with --reconstruct/--recalibrate needs calibration data (--calib)")
-        # read once: every pruned copy is recovered on the same batches
+    if recovering:  # read once: every pruned copy is recovered on the same batches
         state.update(recovery=recovery, recovery_feeds=[f for f, _ in open_data(calib, graph)])
     bar = None
     if progress:

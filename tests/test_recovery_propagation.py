@@ -12,6 +12,7 @@ import pytest
 from graphs import G
 from helpers import feeds_for, outputs
 from onnx import numpy_helper
+from test_cli import run
 
 import onnxprune
 from onnxprune.linear import from_mats, patches, set_weight, to_mats
@@ -122,53 +123,14 @@ def test_frontier_holds_only_what_later_nodes_read_and_spills_past_the_budget():
 
 def test_memory_budget_flag_spills_without_changing_the_result(trained_models, tmp_path):
     """--memory-budget 0 keeps every frontier tensor on disk: the refitted model is the same."""
-    import subprocess
-    import sys
-
     src = os.path.join(trained_models, "resnet20.onnx")
     outs = []
     for budget in ([], ["--memory-budget", "0"]):
         out = str(tmp_path / f"p{len(outs)}.onnx")
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "onnxprune",
-                "-q",
-                "prune",
-                src,
-                "-o",
-                out,
-                "--ratio",
-                "0.4",
-                "--round-to",
-                "1",
-                "--calib",
-                CALIB,
-                *budget,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 0, r.stderr
+        rc, _, err = run("-q", "prune", src, "-o", out, "--ratio", "0.4", "--round-to", "1", "--calib", CALIB, *budget)
+        assert rc == 0, err
         outs.append(onnx.load(out))
     a, b = _weights(outs[0]), _weights(outs[1])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onnxprune",
-            "prune",
-            src,
-            "-o",
-            str(tmp_path / "x.onnx"),
-            "--calib",
-            CALIB,
-            "--memory-budget",
-            "4Q",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 2 and "4G" in r.stderr and not (tmp_path / "x.onnx").exists()
+    rc, _, err = run("prune", src, "-o", str(tmp_path / "x.onnx"), "--calib", CALIB, "--memory-budget", "4Q")
+    assert rc == 2 and "4G" in err and not (tmp_path / "x.onnx").exists()

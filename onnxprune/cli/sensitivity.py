@@ -56,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxPruneError("sensitivity needs --calib (evaluation data, or --eval) or --task")
     calib = data_spec(args) if args.calib is not None else None
     recovery = None
-    if args.reconstruct or args.recalibrate:
-        if calib is None:
-            raise OnnxPruneError("--reconstruct/--recalibrate need calibration data (--calib)")
+    if args.reconstruct or args.recalibrate:  # without --calib, run_sensitivity refuses them before measuring
         recovery = RecoveryOptions(reconstruct=args.reconstruct, recalibrate=args.recalibrate)
     ev = None
     if args.task is None:
