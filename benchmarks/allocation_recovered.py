@@ -7,7 +7,8 @@ Fashion-MNIST models, without fine-tuning.
 For each model (../shared/models, legacy exports) and MACs target (fraction kept, --round-to 1): top-1 on
 the 10,000 test images after least-squares reconstruction on the 512 calibration images, for
 - l1, uniform plan;
-- obs, uniform plan;
+- obs one-shot (each channel costed alone), uniform plan;
+- obs (greedy, the default), uniform plan;
 - obs, sensitivity allocation: every group pruned alone at 0.25/0.5/0.75, reconstructed on the
   calibration images and measured on 1,000 validation images (training images outside the calibration
   set), then ``--sensitivity FILE --target-macs F``.
@@ -72,13 +73,24 @@ def main() -> None:
         print(f"{name}: sensitivity after reconstruction {sens_s} s", flush=True)
         for target in (float(x) for x in args.targets.split(",")):
             row = {"model": name, "original_top1": info[name]["test_top1_percent"], "target_macs": target}
-            for label, crit, alloc in (
-                ("l1 uniform", "l1", onnxprune.Allocation(target_macs=target, round_to=1)),
-                ("obs uniform", "obs", onnxprune.Allocation(target_macs=target, round_to=1)),
-                ("obs sensitivity", "obs", onnxprune.Allocation(target_macs=target, round_to=1, sensitivity=sens)),
+            for label, crit, alloc, options in (
+                ("l1 uniform", "l1", onnxprune.Allocation(target_macs=target, round_to=1), {}),
+                (
+                    "obs one-shot uniform",
+                    "obs",
+                    onnxprune.Allocation(target_macs=target, round_to=1),
+                    {"greedy": False},
+                ),
+                ("obs uniform", "obs", onnxprune.Allocation(target_macs=target, round_to=1), {}),
+                (
+                    "obs sensitivity",
+                    "obs",
+                    onnxprune.Allocation(target_macs=target, round_to=1, sensitivity=sens),
+                    {},
+                ),
             ):
                 t = time.perf_counter()
-                pruned, rep = onnxprune.prune(path, crit, allocation=alloc, data=calib)
+                pruned, rep = onnxprune.prune(path, crit, allocation=alloc, data=calib, **options)
                 took = time.perf_counter() - t
                 acc = onnxprune.evaluate(pruned, test)["top1"]
                 row[label] = {
@@ -96,13 +108,13 @@ def main() -> None:
 
 
 def table(data: dict) -> str:
-    cols = ["l1 uniform", "obs uniform", "obs sensitivity"]
+    cols = ["l1 uniform", "obs one-shot uniform", "obs uniform", "obs sensitivity"]
     lines = [
         "| model (original top-1) | MACs kept (target) | " + " | ".join(cols) + " |",
         "|---|---|" + "---:|" * len(cols),
     ]
     for r in data["rows"]:
-        cells = [f"{r[c]['top1']:.2f} ({r[c]['macs']:.2f}, {r[c]['time_s']:.0f} s)" for c in cols]
+        cells = [f"{r[c]['top1']:.2f} ({r[c]['macs']:.2f}, {r[c]['time_s']:.0f} s)" if c in r else "–" for c in cols]
         head = f"| {r['model']} ({r['original_top1']:.2f}) | {r['target_macs']:.2f} | "
         lines.append(head + " | ".join(cells) + " |")
     lines += [

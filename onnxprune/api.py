@@ -287,7 +287,12 @@ def sensitivity(
         calib=as_data(calib),
         seed=seed,
     )
-    res.update(criterion=criterion, model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else "")
+    settings = {k: v for k, v in get_criterion(criterion).parameters().items() if k != "seed"}
+    res.update(
+        criterion=criterion,
+        criterion_options={**settings, **criterion_options},  # what chose the channels (obs: greedy or one-shot)
+        model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else "",
+    )
     return res
 
 

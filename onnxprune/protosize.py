@@ -18,12 +18,13 @@ PROTO_LIMIT = 2**31 - 2**20  # protobuf cannot serialise a message of 2 GB; a ma
 
 def too_large(model: onnx.ModelProto) -> bool:
     """Whether the model is past protobuf's 2 GB limit. ``ByteSize()`` itself raises there (upb), so
-    the weights' payload is summed instead."""
+    the weights' payload is summed instead, from their shapes: reading ``raw_data`` would copy every
+    tensor's bytes into Python (2.5 s on vgg16_bn for five calls)."""
     total = 0
     for t in model.graph.initializer:
-        if t.raw_data:
-            total += len(t.raw_data)
-        elif t.data_type == onnx.TensorProto.STRING:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        if t.data_type == onnx.TensorProto.STRING:
             total += sum(len(x) for x in t.string_data)
         else:
             itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .protosize import too_large
 
 
-def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, threads: int = 0):
-    """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers)."""
+def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, threads: int = 0, outputs=()):
+    """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers);
+    ``outputs``: intermediate tensors the session also returns."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -24,43 +23,64 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, th
     elif optimize == "extended":
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
-        if not isinstance(model, bytes) and too_large(model):
-            return _session_from_files(model, so)
-        data = model if isinstance(model, bytes) else model.SerializeToString()
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        if isinstance(model, bytes):
+            return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        light, names, arrays = _without_weights(model, outputs)
+        if names:
+            so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+        return ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except OnnxPruneError:
         raise
     except Exception as e:
         raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0][:300]}") from None
 
 
-def _session_from_files(model: onnx.ModelProto, so):
-    """Over protobuf's 2 GB limit a model cannot be passed as bytes: write it with external data to a
-    temporary folder, load from there, delete the folder (the session keeps its own copy)."""
-    import shutil
-    import tempfile
+IN_MEMORY_MIN_BYTES = 1 << 16
 
-    import onnxruntime as ort
 
-    tmp = tempfile.mkdtemp(prefix="onnxprune-ort-")
-    try:
-        path = os.path.join(tmp, "model.onnx")
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(
-            copy,
-            path,
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location="model.data",
-            size_threshold=1024,
-        )
-        del copy
-        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    except OSError as e:
-        raise OnnxPruneError(f"cannot write a temporary copy of the model for onnxruntime: {e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _without_weights(model: onnx.ModelProto, outputs=()) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+    """The model with every large initializer marked as external data (and ``outputs`` added to its
+    outputs), and those initializers as arrays.
+
+    onnxruntime takes the arrays through ``add_external_initializers``, so the weights are never
+    serialised into a protobuf and parsed back: on vgg16_bn (528 MB) a session took 2.5 s from bytes and
+    1.1 s this way, and no serialised copy of the whole model is held in memory. Models over protobuf's
+    2 GB limit load the same way (what is serialised is the graph without its weights)."""
+    g = model.graph
+    small, big = [], []
+    for t in g.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+            small.append(t)
+            continue
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        (big if int(np.prod(t.dims, dtype=np.int64)) * itemsize >= IN_MEMORY_MIN_BYTES else small).append(t)
+    have = {o.name for o in g.output}
+    extra = [helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(outputs) if n not in have]
+    if not big and not extra:
+        return model, [], []
+    stubs = []
+    for t in big:
+        stub = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", "onnxprune-in-memory"  # replaced by the arrays, never read
+        stubs.append(stub)
+    light = onnx.ModelProto(
+        ir_version=model.ir_version,
+        opset_import=model.opset_import,
+        producer_name=model.producer_name,
+        functions=model.functions,
+        graph=onnx.GraphProto(
+            name=g.name,
+            node=g.node,
+            input=g.input,
+            output=[*g.output, *extra],
+            value_info=g.value_info,
+            initializer=small + stubs,
+            sparse_initializer=g.sparse_initializer,
+        ),
+    )
+    return light, [t.name for t in big], [numpy_helper.to_array(t) for t in big]
 
 
 def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -73,15 +93,7 @@ def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
 
 def session_with_outputs(model: onnx.ModelProto, names):
     """A session that also returns the intermediate tensors ``names`` (for activation statistics)."""
-    from onnx import helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.append(helper.make_empty_tensor_value_info(name))
-    return make_session(m, optimize=intermediate_optimization())
+    return make_session(model, optimize=intermediate_optimization(), outputs=names)
 
 
 def intermediate_optimization() -> bool | str:

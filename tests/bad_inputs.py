@@ -157,6 +157,7 @@ CASES = {
     "--target-macs 0.01 (unreachable)": (small_model, ["--target-macs", "0.01"], "error"),
     "--target-macs 1.5": (small_model, ["--target-macs", "1.5"], "error"),
     "unknown criterion": (small_model, ["--criterion", "magic"], "error"),
+    "--one-shot with a criterion other than obs": (small_model, ["--criterion", "l2", "--one-shot"], "error"),
     "malformed --input-shape": (small_model, ["--input-shape", "x:1x4xfoo"], "error"),
     "--input-shape for an unknown input": (small_model, ["--input-shape", "y:1x4x8x8"], "error"),
     "calibration data of the wrong shape": (

@@ -8,7 +8,7 @@ from graphs import absorbable
 from helpers import feeds_for, outputs
 
 import onnxprune
-from onnxprune.criteria.obs import block_cost
+from onnxprune.criteria.obs import Consumer, block_cost, greedy_order
 
 
 def test_cost_equals_the_increase_of_the_refitted_error():
@@ -37,3 +37,39 @@ def test_obs_removes_the_absorbable_channel_first_and_the_refit_is_exact():
     for feeds in data[:3]:
         want = outputs(model, feeds)[0]
         assert np.abs(outputs(pruned, feeds)[0] - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_greedy_cost_is_the_refitted_error_of_every_prefix_of_its_order():
+    """Each greedy score is the least-squares error after removing that channel and every channel scored
+    below it (float64, no dampening): the OBS updates of H^-1 and the weights are exact."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 12))
+    x[:, 5] = x[:, 2] + 0.01 * rng.standard_normal(300)  # channels 2 and 5 can stand in for each other
+    w = rng.standard_normal((12, 3))
+    y = x @ w
+    c = Consumer(w, np.linalg.inv(x.T @ x), 1.0, np.arange(12))
+    order = greedy_order([(c, {k: np.array([k]) for k in range(12)})], steps=12)
+    ranked = sorted(order, key=order.get)
+    for n in range(1, 11):
+        keep = np.setdiff1d(np.arange(12), ranked[:n])
+        refit, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
+        assert np.isclose(order[ranked[n - 1]], np.sum((y - x[:, keep] @ refit) ** 2), rtol=1e-7)
+    assert ranked.index(2) == 0 or ranked.index(5) == 0  # one twin goes first, and the other is then dear
+    assert abs(ranked.index(2) - ranked.index(5)) > 1
+    np.testing.assert_array_equal(c.w, w)  # the consumer's arrays are not changed
+
+
+def test_greedy_obs_does_not_remove_both_of_two_interchangeable_channels():
+    """graphs.absorbable: channels 0 and 3 each cost nothing alone, since each can stand in for the other.
+    One-shot obs removes both at 50%; greedy removes one of them and the channel whose loss the refit
+    repairs best, and ends closer to the original."""
+    model = absorbable()
+    data = [feeds_for(model, seed=s) for s in range(16)]
+    removed, err = {}, {}
+    for greedy in (True, False):
+        pruned, r = onnxprune.prune(model, "obs", 0.5, round_to=1, data=data, ridge=1e-9, greedy=greedy)
+        removed[greedy] = next(g["removed"] for g in r.groups if g["removed"])
+        err[greedy] = sum(float(np.sum((outputs(pruned, f)[0] - outputs(model, f)[0]) ** 2)) for f in data)
+    assert len({0, 3} & set(removed[True])) == 1, removed
+    assert sorted(removed[False]) == [0, 3], removed
+    assert err[True] < 0.5 * err[False], err

@@ -194,6 +194,11 @@ def register(sub) -> None:
     p.add_argument("--nu", type=float, default=0.9, help="weak-layer penalty factor (criterion weak-layer)")
     p.add_argument("--samples", type=int, default=2000, help="ThiNet: reconstruction samples per consumer layer")
     p.add_argument("--no-rescale", action="store_true", help="ThiNet: skip the least-squares rescaling")
+    p.add_argument(
+        "--one-shot",
+        action="store_true",
+        help="obs: cost each channel alone on the original weights, without the greedy OBS update between removals",
+    )
     r = p.add_argument_group("recovery without retraining (needs --calib)")
     r.add_argument(
         "--reconstruct",
@@ -243,9 +248,11 @@ def register(sub) -> None:
 
 
 def _criterion(args: argparse.Namespace) -> CriterionOptions:
-    """--nu and --samples go to the criteria that take them (weak-layer, ThiNet)."""
+    """--nu, --samples and --one-shot go to the criteria that take them (weak-layer, ThiNet, obs)."""
     takes = get_criterion(args.criterion).parameters()
-    given = {"nu": args.nu, "samples": args.samples}
+    if args.one_shot and "greedy" not in takes:
+        raise OnnxPruneError(f"--one-shot is an obs setting; criterion '{args.criterion}' does not take it")
+    given = {"nu": args.nu, "samples": args.samples, "greedy": not args.one_shot}
     return CriterionOptions(args.criterion, args.combine, {k: v for k, v in given.items() if k in takes})
 
 

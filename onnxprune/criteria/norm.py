@@ -16,8 +16,14 @@ def filter_matrix(graph, source) -> np.ndarray:
 def _norms(graph, analysis, ord_: int) -> np.ndarray:
     scores = np.zeros(len(analysis.roots))
     for s in analysis.sources:
-        f = filter_matrix(graph, s)
-        scores[s.base : s.base + s.n] = np.abs(f).sum(1) if ord_ == 1 else np.sqrt((f * f).sum(1))
+        w = graph.consts[s.weight]
+        others = tuple(a for a in range(w.ndim) if a != s.axis % w.ndim)
+        # reduced in place along the other axes, summed in float64: no float64 or transposed copy of the
+        # weight (vgg16's 103 M-weight classifier took 3 s that way)
+        if ord_ == 1:
+            scores[s.base : s.base + s.n] = np.abs(w).sum(axis=others, dtype=np.float64)
+        else:
+            scores[s.base : s.base + s.n] = np.sqrt(np.square(w).sum(axis=others, dtype=np.float64))
     return scores
 
 

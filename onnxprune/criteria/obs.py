@@ -10,8 +10,14 @@ its features after a Flatten) and refitting the rest raises the squared error by
 
 which is exactly what the least-squares reconstruction then achieves for that one block. A channel's
 score is the sum over every layer that consumes it (each branch of a residual stream). The scores are
-computed once, one-shot: removing several channels of one layer together is scored as the sum of their
-single costs, without the OBS update of H^-1 after each removal (documented limit).
+greedy (``greedy``, the default, as OBC and ZipLM do): within a group the cheapest channel is removed, every
+consumer's H^-1 and weights take the OBS update for that removal, and the remaining channels are costed
+again, so two channels that can each stand in for the other are not both scored as free. A channel's score
+is the summed cost of the greedy removals up to and including it (monotone along the removal order; at any
+count it is the refitted error of removing the channels before it). Groups wider than ``GREEDY_STEPS``
+channels remove ceil(n / GREEDY_STEPS) channels per update, the cheapest of that step first (blockwise, as
+ZipLM does for wide layers), which bounds the work at GREEDY_STEPS updates of H^-1 per consumer.
+``greedy=False`` scores each channel alone on the original weights (one-shot).
 
 With ``relative`` (the default) each layer's cost is divided by that layer's output energy
 ``trace(W' H W) = ||X W||^2``, so a channel's score is the fraction of each consumer's output that its
@@ -21,6 +27,9 @@ group the order is the same unless its channels feed consumers of different ener
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,7 +68,14 @@ def _consumers(graph, analysis):
     needs_data=True,
 )
 def obs(
-    graph, analysis, data=None, seed: int = 0, samples: int = 4096, damp: float = 0.01, relative: bool = True
+    graph,
+    analysis,
+    data=None,
+    seed: int = 0,
+    samples: int = 4096,
+    damp: float = 0.01,
+    relative: bool = True,
+    greedy: bool = True,
 ) -> np.ndarray:
     if data is None:
         raise OnnxPruneError("obs needs data: pass --calib (e.g. data.npz, a folder of images)")
@@ -84,22 +100,116 @@ def obs(
             p = patches(layer, node, x, pos, w_shape[2:])[:, 0, :]  # m x K
             g = p.T @ p
             gram[node.name] = g if node.name not in gram else gram[node.name] + g
-    cost = np.zeros(len(analysis.roots))
-    seen = np.zeros(len(analysis.roots), dtype=bool)
+    layers = []
     for node, layer, labels in consumers:
         w = to_mats(layer, graph.consts[node.input[1]].astype(np.float64))[0]  # K x O
         h = gram[node.name]
         energy = float(np.sum(w * (h @ w))) if relative else 1.0  # ||X W||^2 before dampening
         h = h + damp * float(np.mean(np.diag(h)) or 1.0) * np.eye(len(h))
-        hinv = np.linalg.inv(h)
         taps = len(h) // len(labels)  # inputs read per labelled position (kernel taps of a Conv)
-        feature_atom = np.repeat(labels, taps)
-        for atom in np.unique(labels[labels >= 0]):
-            idx = np.nonzero(feature_atom == atom)[0]
-            cost[atom] += block_cost(hinv, w, idx) / max(energy, 1e-30)
-            seen[atom] = True
-    scores[seen] = cost[seen]
+        layers.append(Consumer(w, np.linalg.inv(h), max(energy, 1e-30), np.repeat(labels, taps)))
+    scores = _greedy(analysis, layers) if greedy else _one_shot(analysis, layers)
     return _fill_unseen(analysis, scores)
+
+
+@dataclass
+class Consumer:
+    """One layer reading pruned channels: its (K, O) weights, the inverse of its dampened input Gram
+    matrix, its output energy (1 when costs are absolute) and the atom each of its K inputs carries."""
+
+    w: np.ndarray
+    hinv: np.ndarray
+    energy: float
+    feature_atom: np.ndarray
+
+
+def _one_shot(analysis, layers: list[Consumer]) -> np.ndarray:
+    cost = np.zeros(len(analysis.roots))
+    seen = np.zeros(len(analysis.roots), dtype=bool)
+    for c in layers:
+        for atom in np.unique(c.feature_atom[c.feature_atom >= 0]):
+            idx = np.nonzero(c.feature_atom == atom)[0]
+            cost[atom] += block_cost(c.hinv, c.w, idx) / c.energy
+            seen[atom] = True
+    scores = np.full(len(analysis.roots), np.nan)
+    scores[seen] = cost[seen]
+    return scores
+
+
+GREEDY_STEPS = 64
+
+
+def _greedy(analysis, layers: list[Consumer]) -> np.ndarray:
+    """Per group, the greedy OBS removal order; a channel's score (on its first atom, the others abstain)
+    is the summed cost of the removals up to it."""
+    gid, ch = analysis.atom_index()
+    blocks: dict[int, list[tuple[Consumer, dict[int, np.ndarray]]]] = defaultdict(list)
+    for c in layers:
+        fa = c.feature_atom
+        group = np.where(fa >= 0, gid[np.maximum(fa, 0)], -1)
+        chan = np.where(fa >= 0, ch[np.maximum(fa, 0)], -1)
+        for g in np.unique(group[group >= 0]):
+            mine = group == g
+            blocks[int(g)].append((c, {int(k): np.nonzero(mine & (chan == k))[0] for k in np.unique(chan[mine])}))
+    scores = np.full(len(analysis.roots), np.nan)
+    todo = [g for g in analysis.groups if g.prunable and g.id in blocks]
+    for g in bar(todo, desc="obs greedy", unit="group"):
+        for channel, score in greedy_order(blocks[g.id]).items():
+            scores[g.atoms[channel][0]] = score
+    return scores
+
+
+def greedy_order(reads: list[tuple[Consumer, dict[int, np.ndarray]]], steps: int = GREEDY_STEPS) -> dict[int, float]:
+    """Channel -> cumulative cost of removing it and every channel removed before it, each consumer's
+    weights and H^-1 updated (OBS) after each removal step. ``reads``: per consumer, the input features
+    each channel occupies in it. The consumers' arrays are copied, not changed."""
+    state = [(c.w.copy(), c.hinv.copy(), c.energy, idx) for c, idx in reads]
+    left = sorted({k for _, idx in reads for k in idx})
+    per_step = max(1, -(-len(left) // steps))
+    out: dict[int, float] = {}
+    total = 0.0
+    while left:
+        cost = np.zeros(len(left))
+        for w, hinv, energy, idx in state:
+            cost += _block_costs(hinv, w, [idx.get(k) for k in left]) / energy
+        order = np.argsort(cost, kind="stable")[:per_step]
+        for j in order:
+            total += float(cost[j])
+            out[left[j]] = total
+        gone = {left[j] for j in order}
+        for w, hinv, _, idx in state:
+            cut = [idx[k] for k in gone if k in idx]
+            if cut:
+                _obs_remove(hinv, w, np.concatenate(cut))
+        left = [k for k in left if k not in gone]
+    return out
+
+
+def _block_costs(hinv: np.ndarray, w: np.ndarray, blocks: list[np.ndarray | None]) -> np.ndarray:
+    """``block_cost`` of each block, solved in batches of equal block size (None: the layer does not read it)."""
+    out = np.zeros(len(blocks))
+    sizes: dict[int, list[int]] = defaultdict(list)
+    for k, b in enumerate(blocks):
+        if b is not None and len(b):
+            sizes[len(b)].append(k)
+    for ks in sizes.values():
+        idx = np.stack([blocks[k] for k in ks])  # (m, b)
+        hb = hinv[idx[:, :, None], idx[:, None, :]]  # (m, b, b)
+        wb = w[idx]  # (m, b, O)
+        out[ks] = np.sum(wb * np.linalg.solve(hb, wb), axis=(1, 2))
+    return out
+
+
+def _obs_remove(hinv: np.ndarray, w: np.ndarray, idx: np.ndarray) -> None:
+    """Remove inputs ``idx`` in place: the OBS weight correction of the kept inputs and the matching
+    update of H^-1 (the inverse of H with those rows and columns deleted, zero-padded)."""
+    cols = hinv[:, idx]
+    sol = np.linalg.solve(hinv[np.ix_(idx, idx)], np.concatenate([w[idx], cols.T], axis=1))
+    w -= cols @ sol[:, : w.shape[1]]
+    hinv -= cols @ sol[:, w.shape[1] :]
+    w[idx] = 0.0
+    hinv[idx, :] = 0.0
+    hinv[:, idx] = 0.0
 
 
 def block_cost(hinv: np.ndarray, w: np.ndarray, idx: np.ndarray) -> float:
