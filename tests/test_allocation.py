@@ -29,7 +29,7 @@ def test_global_targets_are_met_within_one_percent(shared_models, model, metric)
     path = os.path.join(shared_models, model)
     pruned, rep = onnxprune.prune(path, "l1", global_rank=True, round_to=1, **{f"target_{metric}": 0.5})
     achieved = getattr(rep.after, metric) / getattr(rep.before, metric)
-    assert abs(achieved - 0.5) <= 0.005, achieved
+    assert 0.495 <= achieved <= 0.5, achieved  # a target is a ceiling
     assert rep.plan["meta"][f"achieved_{metric}"] == pytest.approx(achieved)
     assert rep.verification["passed"]
 

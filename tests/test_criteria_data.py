@@ -210,9 +210,10 @@ def test_thinet_beats_l1_on_a_trained_model(trained_models):
 def test_target_macs_is_met(shared_models, model, target):
     pruned, r = onnxprune.prune(os.path.join(shared_models, model), criterion="l2", target_macs=target)
     achieved = r.after.macs / r.before.macs
-    # uniform allocation moves in whole channels of every group at once (resnet20's 16-channel groups
-    # step the MACs by ~2%), so the target is met to within 2%; a global search (open issue) does 1%
-    assert abs(achieved - target) <= 0.02 * target, achieved
+    # a target is a ceiling; uniform steps move whole channels of every group at once (--round-to 8 on
+    # vgg11's eight groups) and where they jump over it two are blended group by group, one group's step
+    # at a time (vgg11 at 0.65: 0.633)
+    assert 0.97 * target <= achieved <= target, achieved
     assert r.plan["meta"]["achieved_macs"] == pytest.approx(achieved)
 
 

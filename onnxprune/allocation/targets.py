@@ -82,8 +82,8 @@ def plan_for_target(
     hi: float = 0.99,
     blend_order: Callable[[PruningPlan, PruningPlan], list[int]] | None = None,
 ):
-    """The plan whose ``metric`` is closest to ``keep_fraction`` of the original (stops within ``tolerance``
-    relative); returns (plan, achieved fraction, knob). Where the knob's steps jump over the target
+    """The plan whose ``metric`` is closest to ``keep_fraction`` of the original without exceeding it (stops
+    within ``tolerance`` relative, below the target); returns (plan, achieved fraction, knob). Where the knob's steps jump over the target
     (uniform ratios with ``--round-to 8`` move every group at once), ``blend_order`` lets the two plans
     around it be blended group by group (see ``blend``). Refuses when no plan gets down to the target."""
     if metric not in METRICS:
@@ -95,6 +95,9 @@ def plan_for_target(
     def fraction(plan: PruningPlan) -> float:
         return getattr(counts_of(graph, analysis, plan), metric) / max(total, 1)
 
+    def landed(frac: float) -> bool:  # the target is a ceiling: within tolerance, at or below it
+        return keep_fraction * (1 - tolerance) <= frac <= keep_fraction
+
     lo = 0.0
     best = above = below = None
     for _ in range(steps):
@@ -103,7 +106,8 @@ def plan_for_target(
         frac = fraction(plan)
         if best is None or abs(frac - keep_fraction) < abs(best[1] - keep_fraction):
             best = (plan, frac, mid)
-        if abs(frac - keep_fraction) <= tolerance * keep_fraction:
+        if landed(frac):
+            best = (plan, frac, mid)
             break
         if frac > keep_fraction:
             lo = mid
@@ -112,9 +116,9 @@ def plan_for_target(
             hi = mid
             below = (plan, frac, mid) if below is None or frac > below[1] else below
     plan, frac, knob = best
-    if abs(frac - keep_fraction) > tolerance * keep_fraction:
-        # nothing within tolerance: the target is a ceiling, so the closest plan at or below it (two
-        # uniform ratios blended group by group where they jump over it), saying what it achieved
+    if not landed(frac):
+        # nothing within tolerance below it: the closest plan at or below the target (two knob values
+        # blended group by group where they jump over it), saying what it achieved
         if above and below and blend_order:
             blended, bfrac, heavier = blend(
                 above[0], below[0], blend_order(above[0], below[0]), fraction, keep_fraction

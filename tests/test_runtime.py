@@ -1,0 +1,33 @@
+"""Sessions built with the weights passed as arrays run the same model as sessions built from its bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from graphs import G
+
+from onnxprune.runtime import IN_MEMORY_MIN_BYTES, _without_weights, make_session, session_with_outputs
+
+
+def _model() -> onnx.ModelProto:
+    b = G(shape=(2, 16, 12, 12))
+    h = b.conv(b.x, 16, 256, k=3, name="big")  # 256*16*9 floats = 147 kB: passed as an array
+    b.output(b.conv(h, 256, 4, k=1, name="small"))  # 4 kB: stays in the protobuf
+    return b.model()
+
+
+def test_large_weights_go_as_arrays_and_the_outputs_are_unchanged():
+    model = _model()
+    light, names, arrays = _without_weights(model)
+    assert names and all(a.nbytes >= IN_MEMORY_MIN_BYTES for a in arrays)
+    assert len(light.SerializeToString()) < IN_MEMORY_MIN_BYTES < len(model.SerializeToString())
+    x = np.random.default_rng(0).standard_normal((2, 16, 12, 12)).astype(np.float32)
+    feeds = {model.graph.input[0].name: x}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_array_equal(make_session(model).run(None, feeds)[0], want[0])
+    inner = model.graph.node[0].output[0]
+    got = session_with_outputs(model, [inner]).run(None, feeds)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1].shape == (2, 256, 12, 12)
+    assert [o.name for o in model.graph.output] == [model.graph.output[0].name]  # the model is not changed
