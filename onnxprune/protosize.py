@@ -52,27 +52,30 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         light.CopyFrom(model)
         return light
     names = {t.name for t in big}
-    kept = [t for t in model.graph.initializer if t.name not in names]
-    g = model.graph
-    light.CopyFrom(
-        onnx.ModelProto(
-            ir_version=model.ir_version,
-            opset_import=model.opset_import,
-            producer_name=model.producer_name,
-            functions=model.functions,
-            graph=onnx.GraphProto(
-                name=g.name,
-                node=g.node,
-                input=g.input,
-                output=g.output,
-                value_info=g.value_info,
-                initializer=kept,
-                sparse_initializer=g.sparse_initializer,
-            ),
-        )
-    )
+    light.CopyFrom(with_initializers(model, [t for t in model.graph.initializer if t.name not in names]))
     existing = {i.name for i in light.graph.input}
     for t in big:
         if t.name not in existing:
             light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return light
+
+
+def with_initializers(model: onnx.ModelProto, initializers, outputs=None) -> onnx.ModelProto:
+    """The model with other initializers (and other graph outputs when given); the rest is shared, not
+    copied, until the caller serialises or copies the result."""
+    g = model.graph
+    return onnx.ModelProto(
+        ir_version=model.ir_version,
+        opset_import=model.opset_import,
+        producer_name=model.producer_name,
+        functions=model.functions,
+        graph=onnx.GraphProto(
+            name=g.name,
+            node=g.node,
+            input=g.input,
+            output=g.output if outputs is None else outputs,
+            value_info=g.value_info,
+            initializer=initializers,
+            sparse_initializer=g.sparse_initializer,
+        ),
+    )

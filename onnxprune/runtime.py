@@ -7,6 +7,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
+from .protosize import with_initializers
 
 
 def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, threads: int = 0, outputs=()):
@@ -65,21 +66,7 @@ def _without_weights(model: onnx.ModelProto, outputs=()) -> tuple[onnx.ModelProt
         entry = stub.external_data.add()
         entry.key, entry.value = "location", "onnxprune-in-memory"  # replaced by the arrays, never read
         stubs.append(stub)
-    light = onnx.ModelProto(
-        ir_version=model.ir_version,
-        opset_import=model.opset_import,
-        producer_name=model.producer_name,
-        functions=model.functions,
-        graph=onnx.GraphProto(
-            name=g.name,
-            node=g.node,
-            input=g.input,
-            output=[*g.output, *extra],
-            value_info=g.value_info,
-            initializer=small + stubs,
-            sparse_initializer=g.sparse_initializer,
-        ),
-    )
+    light = with_initializers(model, small + stubs, [*g.output, *extra])
     return light, [t.name for t in big], [numpy_helper.to_array(t) for t in big]
 
 

@@ -82,10 +82,11 @@ def plan_for_target(
     hi: float = 0.99,
     blend_order: Callable[[PruningPlan, PruningPlan], list[int]] | None = None,
 ):
-    """The plan whose ``metric`` is closest to ``keep_fraction`` of the original without exceeding it (stops
-    within ``tolerance`` relative, below the target); returns (plan, achieved fraction, knob). Where the knob's steps jump over the target
-    (uniform ratios with ``--round-to 8`` move every group at once), ``blend_order`` lets the two plans
-    around it be blended group by group (see ``blend``). Refuses when no plan gets down to the target."""
+    """The plan whose ``metric`` is closest to ``keep_fraction`` of the original without exceeding it
+    (stops within ``tolerance`` relative, below the target); returns (plan, achieved fraction, knob).
+    Where the knob's steps jump over the target (uniform ratios with ``--round-to 8`` move every group at
+    once), ``blend_order`` lets the two plans around it be blended group by group (see ``blend``).
+    Refuses when no plan gets down to the target."""
     if metric not in METRICS:
         raise OnnxPruneError(f"unknown target metric '{metric}'")
     if not 0.0 < keep_fraction <= 1.0:
