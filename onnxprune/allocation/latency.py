@@ -49,7 +49,16 @@ def _widths(channels: int, points: int, round_to: int, min_channels: int) -> lis
 
 
 def _time_variants(
-    graph, analysis, plans: list[PruningPlan], backend: str, batch, threads: int, iters: int, rewrite, fp16=False
+    graph,
+    analysis,
+    plans: list[PruningPlan],
+    backend: str,
+    batch,
+    threads: int,
+    iters: int,
+    rewrite,
+    fp16=False,
+    warmup: int = 2,
 ):
     """Median ms of the original and of each plan's model, measured interleaved. ``rewrite`` (the
     rewriter's ``apply_plan``) is passed in by the caller: allocation sits below the rewrite layer."""
@@ -68,7 +77,7 @@ def _time_variants(
             # leading dim set to the benchmark batch where one is asked for
             input_shapes={k: (batch, *v[1:]) if batch and v else v for k, v in graph.input_shapes.items()},
             threads=threads,
-            warmup=2,
+            warmup=warmup,
             iters=iters,
             fp16=fp16,
         )
@@ -206,7 +215,7 @@ def latency_plan_measured(
     backend: str = "ort-cpu",
     batch: int | None = None,
     threads: int = 0,
-    iters: int = 20,
+    iters: int = 50,
     tol: float = 0.02,
     rounds: int = 6,
     *,
@@ -226,7 +235,7 @@ def latency_plan_measured(
         plan, pred = latency_plan(analysis, scores, table, budget, loss)
         if tried and plan.remove == tried[-1][3].remove:
             break  # the greedy cannot prune further (every group at its minimum width) or the budget stalled
-        ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters, rewrite, fp16)
+        ms = _time_variants(graph, analysis, [plan], backend, batch, threads, iters, rewrite, fp16, warmup=5)
         measured = ms[1] / ms[0]
         tried.append((budget, pred, measured, plan))
         log.info("latency budget %.3f: predicted %.3f, measured %.3f", budget, pred, measured)
