@@ -103,7 +103,7 @@ def obs(
     layers = []
     for node, layer, labels in consumers:
         w = to_mats(layer, graph.consts[node.input[1]].astype(np.float64))[0]  # K x O
-        h = gram[node.name]
+        h = gram.pop(node.name)  # replaced by its inverse: one K x K matrix per layer in memory
         energy = float(np.sum(w * (h @ w))) if relative else 1.0  # ||X W||^2 before dampening
         h = h + damp * float(np.mean(np.diag(h)) or 1.0) * np.eye(len(h))
         taps = len(h) // len(labels)  # inputs read per labelled position (kernel taps of a Conv)
