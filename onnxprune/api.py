@@ -287,10 +287,10 @@ def sensitivity(
         calib=as_data(calib),
         seed=seed,
     )
-    settings = {k: v for k, v in get_criterion(criterion).parameters().items() if k != "seed"}
+    # what chose the channels (obs: greedy or one-shot), defaults included
     res.update(
         criterion=criterion,
-        criterion_options={**settings, **criterion_options},  # what chose the channels (obs: greedy or one-shot)
+        criterion_options={**get_criterion(criterion).parameters(), **criterion_options},
         model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else "",
     )
     return res

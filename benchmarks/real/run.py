@@ -124,7 +124,8 @@ def row(name: str, target: float, criterion: str, allocation: str, distill: bool
             "skipped": r.recovery.get("skipped"),
             "layers": len(r.recovery.get("reconstructed", [])),
         }
-        start.append((primary(evaluate_task(model, getattr(tasks, f"{name}_val")))[1], label, model))
+        if distill:
+            start.append((primary(metric(model, f"{name}_val")[0])[1], label, model))
     if distill:
         # from the no-training recovery that scores higher on the validation split (never on test data)
         _, out["distill_from"], best = max(start, key=lambda s: s[0])

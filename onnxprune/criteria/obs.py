@@ -215,8 +215,7 @@ def _obs_remove(hinv: np.ndarray, w: np.ndarray, idx: np.ndarray) -> None:
 def block_cost(hinv: np.ndarray, w: np.ndarray, idx: np.ndarray) -> float:
     """Increase of ||X W - X' W'||^2 when inputs ``idx`` are removed and the rest refitted (OBS):
     sum over outputs of w_b' (H^-1_bb)^-1 w_b, with ``w`` the (K, O) weight matrix."""
-    wb = w[idx]
-    return float(np.sum(wb * np.linalg.solve(hinv[np.ix_(idx, idx)], wb)))
+    return float(_block_costs(hinv, w, [np.asarray(idx)])[0])
 
 
 def _fill_unseen(analysis, scores: np.ndarray) -> np.ndarray:
