@@ -73,3 +73,30 @@ def test_greedy_obs_does_not_remove_both_of_two_interchangeable_channels():
     assert len({0, 3} & set(removed[True])) == 1, removed
     assert sorted(removed[False]) == [0, 3], removed
     assert err[True] < 0.5 * err[False], err
+
+
+def test_global_obs_ranks_the_relative_costs_across_groups_as_they_are(trained_models):
+    """obs costs are fractions of each consumer's output energy, one scale for every group: --global
+    removes the cheapest channels of the whole model, not the cheapest after a per-group l2 rescaling."""
+    import os
+
+    path = os.path.join(trained_models, "resnet20.onnx")
+    calib = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_train_256.npz")
+    data = onnxprune.DataSpec(calib, batch_size=64)
+    rep = onnxprune.analyze(path)
+    scores = onnxprune.score_groups(rep.graph, rep.analysis, "obs", data=data)
+    plans = {}
+    for norm in ("auto", "l2"):
+        alloc = onnxprune.Allocation(ratio=0.3, global_rank=True, round_to=1, max_ratio=0.9, normalisation=norm)
+        _, r = onnxprune.prune(path, "obs", allocation=alloc, data=data, reconstruct=False)
+        plans[norm] = {g["id"]: g["removed"] for g in r.groups}
+        assert r.plan["meta"]["normalisation"] == ("none" if norm == "auto" else "l2")
+    assert plans["auto"] != plans["l2"]
+    removed = [scores[g][c] for g, cs in plans["auto"].items() for c in cs]
+    kept = [
+        scores[g][c]
+        for g in scores
+        for c in range(len(scores[g]))
+        if c not in plans["auto"].get(g, []) and len(plans["auto"].get(g, [])) < int(0.9 * len(scores[g]))
+    ]  # channels of groups already at --max-ratio stay whatever they cost
+    assert max(removed) <= min(kept)

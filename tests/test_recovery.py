@@ -126,16 +126,23 @@ def test_recalibration_recomputes_remaining_batchnorm_statistics():
     np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
 
 
-def test_recalibration_matches_folded_layer_statistics_to_the_original(trained_models):
+@pytest.mark.parametrize("reconstruct", [False, True])
+def test_recalibration_matches_folded_layer_statistics_to_the_original(trained_models, reconstruct):
     """resnet20 has every BN folded: after recalibration each affected layer's kept output channels have the
-    original's per-channel mean and variance on the calibration data (upstream layers already corrected)."""
+    original's per-channel mean and variance on the calibration data (upstream layers already corrected).
+    With reconstruction in the same sweep the statistics hold for the final, refitted model too, and the
+    same layers are refitted as without recalibration."""
     from onnxprune.recovery.passes import moments
 
     path = os.path.join(trained_models, "resnet20.onnx")
     data = onnxprune.DataSpec(CALIB, batch_size=64, limit=128)
-    pruned, rep = onnxprune.prune(path, "l1", ratio=0.3, data=data, reconstruct=False, recalibrate=True)
+    pruned, rep = onnxprune.prune(path, "l1", ratio=0.3, data=data, reconstruct=reconstruct, recalibrate=True)
     changed = rep.recovery["recalibrated"]
     assert len(changed) > 10
+    if reconstruct:
+        _, alone = onnxprune.prune(path, "l1", ratio=0.3, data=data)
+        assert rep.recovery["reconstructed"] == alone.recovery["reconstructed"]
+        assert set(rep.recovery["reconstructed"]) <= set(changed)
     graph = onnxprune.load(path)
     analysis = onnxprune.analyze(graph).analysis
     from onnxprune.data import batches
@@ -151,6 +158,33 @@ def test_recalibration_matches_folded_layer_statistics_to_the_original(trained_m
         kept = keep.along(labels, 1) if labels is not None else np.arange(len(orig[out][0]))
         np.testing.assert_allclose(now[out][0], orig[out][0][kept], rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(now[out][1], orig[out][1][kept], rtol=1e-3, atol=1e-3)
+
+
+def test_refit_and_recalibration_in_one_sweep_keep_the_bias_the_refit_added():
+    """Layers without a bias (paddle2onnx exports) get one from the refit; the re-standardisation that
+    follows in the same sweep must scale that bias, not write a fresh one beside it: the recovered
+    layer's kept outputs then have the original's mean and variance."""
+    b = G(shape=(4, 3, 8, 8), seed=4)
+    a = b.op("Relu", [b.conv(b.x, 3, 8, name="A", bias=False)])
+    mid = b.conv(a, 8, 6, name="B", bias=False)
+    b.output(b.conv(b.op("Relu", [mid]), 6, 2, name="C"))
+    m = b.model()
+    plan = _plan_removing(m, "A", [0, 2, 5])
+    data = [{"x": np.random.default_rng(s).standard_normal((4, 3, 8, 8)).astype(np.float32) + 0.5} for s in range(6)]
+    pruned, rep = onnxprune.prune(m, plan=plan, data=data, recalibrate=True)
+    assert rep.recovery["reconstructed"] == ["B"] and "B" in rep.recovery["recalibrated"]
+    node = next(n for n in pruned.graph.node if n.name == "B")
+    assert len([t for t in pruned.graph.initializer if t.name.startswith("B.recovered_bias")]) == 1
+    from onnxprune.runtime import session_with_outputs
+
+    def stats(model):
+        sess = session_with_outputs(model, [mid])
+        y = np.concatenate([sess.run([mid], f)[0] for f in data]).astype(np.float64)
+        return y.mean((0, 2, 3)), y.var((0, 2, 3))
+
+    assert node.output[0] == mid
+    for got, want in zip(stats(pruned), stats(m)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("model", ["resnet20.onnx", "vgg11.onnx", "mbv2_dynamo.onnx"])

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..bench import BACKENDS
+from ..criteria import get_criterion
 from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
@@ -34,7 +35,7 @@ class Allocation:
     round_to: int = DEFAULT_ROUND_TO
     min_channels: int = 1
     global_rank: bool = False
-    normalisation: str = "l2"
+    normalisation: str = "auto"  # l2, or none for criteria whose scores are comparable across groups (obs)
     max_ratio: float = 0.9
     strategy: str = "independent"
     target_macs: float | None = None
@@ -53,8 +54,9 @@ class Allocation:
         check_ratio(self.ratio)
         check_rounding(max(self.round_to, 1), self.min_channels)
         check_strategy(self.strategy, criterion)
-        if self.normalisation not in NORMALISATIONS:
-            raise OnnxPruneError(f"unknown --normalise '{self.normalisation}'; choose from {', '.join(NORMALISATIONS)}")
+        if self.normalisation != "auto" and self.normalisation not in NORMALISATIONS:
+            choices = ", ".join(("auto", *NORMALISATIONS))
+            raise OnnxPruneError(f"unknown --normalise '{self.normalisation}'; choose from {choices}")
         targets = [t for t in ("target_macs", "target_params", "target_latency") if getattr(self, t) is not None]
         if len(targets) > 1:
             raise OnnxPruneError("give one of --target-macs, --target-params, --target-latency")
@@ -89,6 +91,15 @@ class Allocation:
         return {k: v for k, v in asdict(self).items() if v is not None and k not in ("sensitivity", "latency_cache")}
 
 
+def resolved_normalisation(how: str, criterion: str) -> str:
+    """``auto``: l2 per group (Molchanov et al.), except for a criterion whose scores already share one
+    scale across groups (obs), which l2 would distort: a group whose every channel is cheap would be
+    stretched to the same norm as one whose every channel is costly."""
+    if how != "auto":
+        return how
+    return "none" if get_criterion(criterion).comparable else "l2"
+
+
 def allocate(
     graph,
     analysis: Analysis,
@@ -103,6 +114,7 @@ def allocate(
     models (``--target-latency``, ``--round-to auto``); the caller passes it, since allocation sits
     below the rewrite layer."""
     alloc.check(criterion)
+    normalisation = resolved_normalisation(alloc.normalisation, criterion)
     measured_with = (alloc.sensitivity or {}).get("criterion")
     if measured_with and measured_with != criterion:
         log.warning(
@@ -146,7 +158,7 @@ def allocate(
         plan = latency_plan_measured(
             graph,
             analysis,
-            normalise(scores, alloc.normalisation, alloc.nu),
+            normalise(scores, normalisation, alloc.nu),
             table,
             alloc.target_latency,
             alloc.backend,
@@ -176,7 +188,7 @@ def allocate(
                     max_ratio=alloc.max_ratio,
                     round_to=round_to,
                     min_channels=alloc.min_channels,
-                    normalisation=alloc.normalisation,
+                    normalisation=normalisation,
                     nu=alloc.nu,
                 )
         elif alloc.strategy == "greedy":

@@ -103,9 +103,10 @@ def register(sub) -> None:
     )
     a.add_argument(
         "--normalise",
-        default="l2",
-        choices=["none", "l2", "max", "weak-layer"],
-        help="per-group score normalisation for --global and --target-latency (default l2, Molchanov et al.)",
+        default="auto",
+        choices=["auto", "none", "l2", "max", "weak-layer"],
+        help="per-group score normalisation for --global and --target-latency (default auto: l2 as in "
+        "Molchanov et al., none for obs, whose scores are already comparable across groups)",
     )
     a.add_argument("--max-ratio", type=float, default=0.9, help="--global: never remove more of a group (default 0.9)")
     a.add_argument(

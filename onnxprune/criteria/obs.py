@@ -66,6 +66,7 @@ def _consumers(graph, analysis):
     "OBS cost of removing each channel from every layer that reads it, with the least-squares refit "
     "(Frantar & Alistarh 2022); needs --calib",
     needs_data=True,
+    comparable=True,
 )
 def obs(
     graph,

@@ -17,6 +17,9 @@ class Criterion:
     help: str
     fn: Callable[..., np.ndarray]
     needs_data: bool = False
+    # scores of different groups are already on one scale (obs: the fraction of each consumer's output
+    # energy lost after the refit), so --global ranks them as they are instead of normalising per group
+    comparable: bool = False
 
     def parameters(self) -> dict[str, object]:
         """The criterion's own settings and their defaults (every keyword parameter but the ones each
@@ -31,11 +34,11 @@ _COMMON = ("graph", "analysis", "data", "seed")
 CRITERIA: dict[str, Criterion] = {}
 
 
-def criterion(name: str, help: str, needs_data: bool = False):
+def criterion(name: str, help: str, needs_data: bool = False, comparable: bool = False):
     def deco(fn):
         if name in CRITERIA:
             raise RuntimeError(f"duplicate criterion {name}")
-        CRITERIA[name] = Criterion(name, help, fn, needs_data)
+        CRITERIA[name] = Criterion(name, help, fn, needs_data, comparable)
         return fn
 
     return deco

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 from .bias import compensate_bias
 from .passes import Recovery, load_batches
-from .recalibrate import recalibrate
-from .reconstruct import reconstruct
+from .sweep import recalibrate, reconstruct, recover_layers
 
 
 @dataclass
@@ -31,33 +30,44 @@ class RecoveryOptions:
 
 
 def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, progress: bool = False) -> dict:
-    """Bias compensation, then reconstruction, then recalibration (each optional), in place on
-    ``rec.pruned``. Compensation first gives the reconstruction's ridge a better starting point; the
-    recalibration last re-standardises whatever the refit left."""
+    """Bias compensation, then reconstruction and recalibration in one sweep (each optional), in place
+    on ``rec.pruned``. Compensation first gives the reconstruction's ridge a better starting point;
+    within the sweep each layer is refitted, then re-standardised, before the next one sees it."""
     batches = load_batches(data, rec.original)
     out: dict = {"timings_s": {}}
-    breakdown: dict = {}
-    steps = [
-        ("bias_compensated", options.bias_compensation, lambda: compensate_bias(rec, batches)),
-        (
-            "reconstructed",
-            options.reconstructs(True),
-            lambda: reconstruct(
-                rec, batches, options.samples, options.ridge, seed, progress, options.memory_budget, breakdown
-            ),
-        ),
-        ("recalibrated", options.recalibrate, lambda: recalibrate(rec, batches, progress, options.memory_budget)),
-    ]
-    for key, on, fn in steps:
-        if not on:
-            continue
+    if options.bias_compensation:
         t = time.perf_counter()
-        out[key] = fn()
-        out["timings_s"][key] = round(time.perf_counter() - t, 4)
-    if breakdown:
-        out["timings_s"]["reconstruct_steps"] = breakdown
+        out["bias_compensated"] = compensate_bias(rec, batches)
+        out["timings_s"]["bias_compensated"] = round(time.perf_counter() - t, 4)
+    reconstructs = options.reconstructs(True)
+    if reconstructs or options.recalibrate:
+        t = time.perf_counter()
+        breakdown: dict = {}
+        done = recover_layers(
+            rec,
+            batches,
+            reconstruct=reconstructs,
+            recalibrate=options.recalibrate,
+            samples=options.samples,
+            ridge=options.ridge,
+            seed=seed,
+            progress=progress,
+            budget=options.memory_budget,
+            timings=breakdown,
+        )
+        out.update(done)
+        out["timings_s"]["+".join(done)] = round(time.perf_counter() - t, 4)
+        out["timings_s"]["breakdown"] = breakdown
     out["skipped"] = dict(rec.skipped)
     return out
 
 
-__all__ = ["Recovery", "RecoveryOptions", "run_recovery", "reconstruct", "compensate_bias", "recalibrate"]
+__all__ = [
+    "Recovery",
+    "RecoveryOptions",
+    "run_recovery",
+    "recover_layers",
+    "reconstruct",
+    "compensate_bias",
+    "recalibrate",
+]

@@ -29,8 +29,8 @@ def add_channel_sums(acc: list | None, v, axis: int) -> list:
     """[sum, sum of squares, count] per channel of ``v`` along ``axis``, added to ``acc``."""
     x = np.asarray(v, dtype=np.float64)
     ax = axis % x.ndim
-    x = np.moveaxis(x, ax, -1).reshape(-1, x.shape[ax])
-    s = [x.sum(0), (x * x).sum(0), len(x)]
+    others = tuple(a for a in range(x.ndim) if a != ax)  # summed in place: no channels-last copy
+    s = [x.sum(others), np.einsum(x, list(range(x.ndim)), x, list(range(x.ndim)), [ax]), x.size // x.shape[ax]]
     return s if acc is None else [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]
 
 

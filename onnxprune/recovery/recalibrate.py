@@ -18,9 +18,8 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..linear import Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
-from ..progress import bar
-from .passes import Recovery, downstream, moments
-from .propagate import Propagation
+from .passes import Recovery, downstream
+from .propagate import Propagation, add_channel_sums, mean_var
 
 EPS = 1e-12
 
@@ -45,13 +44,9 @@ def _set_bn(rec: Recovery, name: str, mean: np.ndarray, var: np.ndarray) -> None
         t.CopyFrom(numpy_helper.from_array(v.astype(numpy_helper.to_array(t).dtype), node.input[k]))
 
 
-def recalibrate(rec: Recovery, batches, progress: bool = False, budget: int | None = None) -> list[str]:
-    """Recompute remaining BN statistics and re-standardise folded layers; returns the nodes changed.
-
-    One pass of the original gives the target statistics; one propagation of the pruned model visits the
-    nodes in graph order: a BN reads its input's statistics before it runs, a folded layer runs, reads
-    its output's, and its cached output gets the same affine correction as its weights, so everything
-    downstream sees the recalibrated layer without running it again."""
+def targets(rec: Recovery) -> tuple[dict[str, Layer], list[str]]:
+    """Folded layers downstream of the cut whose outputs get re-standardised, and BatchNormalization
+    nodes whose statistics are recomputed (only those owning their mean and variance)."""
     hot = downstream(rec.pruned, rec.changed_starts())
     uses = weight_uses(rec.pruned)
     bns = [
@@ -66,36 +61,49 @@ def recalibrate(rec: Recovery, batches, progress: bool = False, budget: int | No
             rec.skipped[lay.node] = "recalibration: MatMul (no bias input)"
         else:
             layers[lay.node] = lay
-    if not layers and not bns:
-        return []
-    outs = {rec.orig_nodes[n].output[0]: lay.channel_axis for n, lay in layers.items()}
-    orig = moments(rec.original.model, outs, batches, rec.original.shapes)
-    order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
-    changed = []
-    with Propagation(rec.pruned, batches, budget) as prop:
-        for n in bar(
-            sorted(list(layers) + bns, key=order.__getitem__), desc="recalibrate", unit="layer", enabled=progress
-        ):
-            node = rec.nodes[n]
-            if n not in layers:
-                prop.run_until(n)
-                _set_bn(rec, n, *prop.moments(node.input[0], 1))
-                changed.append(n)
+    return layers, bns
+
+
+class MomentSums:
+    """Per-channel sums of the original model's layer outputs, collected during its one pass."""
+
+    def __init__(self, rec: Recovery, layers: dict[str, Layer]):
+        self.axes = {rec.orig_nodes[n].output[0]: lay.channel_axis for n, lay in layers.items()}
+        self.names = sorted(self.axes)
+        self.acc: dict[str, list] = {}
+
+    def __call__(self, b: int, arrs: dict) -> None:
+        for name in self.names:
+            if name not in arrs:  # read in another chunk of the same pass (``stream``)
                 continue
-            prop.run_through(n)
-            out, axis = node.output[0], layers[n].channel_axis
-            if out not in prop.frontier:  # nothing reads it: nothing to correct
-                continue
-            mu_o, var_o = orig[out]
-            now = prop.moments(out, axis)
-            kept = rec.kept(out, axis, len(mu_o))
-            if len(kept) != len(now[0]):
-                rec.skipped[n] = "recalibration: output channels do not correspond"
-                continue
-            s, t = _scale_shift(rec, layers[n], (mu_o[kept], var_o[kept]), now)
-            prop.update(out, lambda y, s=s, t=t, axis=axis: _affine(y, s, t, axis))
-            changed.append(n)
-    return changed
+            self.acc[name] = add_channel_sums(self.acc.get(name), arrs[name], self.axes[name])
+
+    def moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {name: mean_var(a) for name, a in self.acc.items()}
+
+
+def set_bn_statistics(rec: Recovery, name: str, prop: Propagation) -> None:
+    """A remaining BatchNormalization takes the statistics of its input as the pruned model now has it
+    (``prop`` stands just before the node)."""
+    _set_bn(rec, name, *prop.moments(rec.nodes[name].input[0], 1))
+
+
+def restandardise(rec: Recovery, lay: Layer, prop: Propagation, orig: dict) -> bool:
+    """``prop`` has just run ``lay``: scale and shift its kept output channels to the original's mean and
+    variance, in its weights and in the propagated output, so everything downstream sees the corrected
+    layer without running it again. False when there is nothing to correct."""
+    out, axis = rec.nodes[lay.node].output[0], lay.channel_axis
+    if out not in prop.frontier:  # nothing reads it: nothing to correct
+        return False
+    mu_o, var_o = orig[out]
+    now = prop.moments(out, axis)
+    kept = rec.kept(out, axis, len(mu_o))
+    if len(kept) != len(now[0]):
+        rec.skipped[lay.node] = "recalibration: output channels do not correspond"
+        return False
+    s, t = _scale_shift(rec, lay, (mu_o[kept], var_o[kept]), now)
+    prop.update(out, lambda y: _affine(y, s, t, axis))
+    return True
 
 
 def _affine(y: np.ndarray, s: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:

@@ -14,15 +14,11 @@ equations are accumulated batch by batch, so memory is K^2 per group whatever th
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from onnx import numpy_helper
 
 from ..linear import Layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
-from ..progress import bar
 from .passes import Recovery, stream
-from .propagate import Propagation
 
 
 def _out_channels(layer: Layer, w: np.ndarray) -> int:
@@ -31,75 +27,60 @@ def _out_channels(layer: Layer, w: np.ndarray) -> int:
     return w.shape[0] if layer.trans_b else w.shape[1]
 
 
+class TargetSampler:
+    """Collects, during the original model's pass, each layer's sampled positions and the original
+    (kept) outputs there: ``names`` are the tensors it reads, calling it takes one batch of them."""
+
+    def __init__(self, rec: Recovery, layers: list[Layer], n_batches: int, samples: int, seed: int):
+        self.rec, self.layers, self.seed = rec, layers, seed
+        self.per_batch = max(1, -(-samples // max(n_batches, 1)))
+        self.pos: dict[str, list] = {lay.node: [] for lay in layers}
+        self.targets: dict[str, list] = {lay.node: [] for lay in layers}
+        self.outs = {lay.node: rec.orig_nodes[lay.node].output[0] for lay in layers}
+        self.names = sorted(set(self.outs.values()))
+        self._kept: dict[str, np.ndarray] = {}
+
+    def __call__(self, b: int, arrs: dict) -> None:
+        for k, lay in enumerate(self.layers):
+            if self.outs[lay.node] not in arrs:  # read in another chunk of the same pass (``stream``)
+                continue
+            y = np.asarray(arrs[self.outs[lay.node]])
+            p = positions(lay, y.shape, self.per_batch, np.random.default_rng([self.seed, k, b]))
+            if lay.node not in self._kept:
+                self._kept[lay.node] = self.rec.kept(self.outs[lay.node], lay.channel_axis, y.shape[lay.channel_axis])
+            self.pos[lay.node].append(p)
+            self.targets[lay.node].append(outputs_at(lay, y, p)[:, self._kept[lay.node]].astype(np.float64))
+
+
 def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, seed: int):
-    """Positions and the original model's (kept) outputs there, per layer and batch."""
-    per_batch = max(1, -(-samples // len(batches)))
-    pos: dict[str, list] = {lay.node: [] for lay in layers}
-    targets: dict[str, list] = {lay.node: [] for lay in layers}
-    outs = {lay.node: rec.orig_nodes[lay.node].output[0] for lay in layers}
-    kept: dict[str, np.ndarray] = {}
-
-    def take(b, arrs):
-        for k, lay in enumerate(layers):
-            y = np.asarray(arrs[outs[lay.node]])
-            p = positions(lay, y.shape, per_batch, np.random.default_rng([seed, k, b]))
-            if lay.node not in kept:
-                kept[lay.node] = rec.kept(outs[lay.node], lay.channel_axis, y.shape[lay.channel_axis])
-            pos[lay.node].append(p)
-            targets[lay.node].append(outputs_at(lay, y, p)[:, kept[lay.node]].astype(np.float64))
-
-    stream(rec.original.model, sorted(set(outs.values())), batches, rec.original.shapes, take)
-    return pos, targets
+    """Positions and the original model's (kept) outputs there, per layer and batch (one original pass)."""
+    sampler = TargetSampler(rec, layers, len(batches), samples, seed)
+    stream(rec.original.model, sampler.names, batches, rec.original.shapes, sampler)
+    return sampler.pos, sampler.targets
 
 
-def reconstruct(
-    rec: Recovery,
-    batches,
-    samples: int = 8192,
-    ridge: float = 1e-3,
-    seed: int = 0,
-    progress: bool = False,
-    budget: int | None = None,
-    timings: dict | None = None,
-) -> list[str]:
-    """Refit every refittable layer that lost inputs; returns the layers changed (in graph order).
+def refittable(rec: Recovery) -> list[Layer]:
+    """The layers that lost input channels and can be refitted (the others land in ``rec.skipped``)."""
+    return rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
 
-    One pass of the original model collects the targets at sampled positions; one propagation of the
-    pruned model (``Propagation``) brings each layer its inputs with every upstream layer already refitted.
-    ``timings`` (if given) receives the seconds of the original pass, the propagation and the solves."""
-    timings = {} if timings is None else timings
-    layers = rec.layers([n for n in rec.changed_starts() if rec.lost_inputs(n) is not None])
-    if not layers:
-        return []
-    t0 = time.perf_counter()
-    pos, targets = sample_targets(rec, layers, batches, samples, seed)
-    timings["original_pass"] = round(time.perf_counter() - t0, 4)
-    order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
-    changed = []
-    t1 = time.perf_counter()
-    with Propagation(rec.pruned, batches, budget) as prop:
-        for lay in bar(
-            sorted(layers, key=lambda lay: order[lay.node]), desc="reconstruct", unit="layer", enabled=progress
-        ):
-            prop.run_until(lay.node)
-            w = numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64)
-            o = _out_channels(lay, w)
-            if targets[lay.node][0].shape[1] != o:
-                rec.skipped[lay.node] = f"output channels do not correspond ({targets[lay.node][0].shape[1]} vs {o})"
-                continue
-            node = rec.nodes[lay.node]
-            acc: tuple[np.ndarray, np.ndarray] | None = None
-            for b, x in enumerate(prop.tensor(node.input[0])):
-                a, c = _normal_equations(lay, node, x, pos[lay.node][b], w.shape, targets[lay.node][b])
-                acc = (a, c) if acc is None else (acc[0] + a, acc[1] + c)
-            if acc is None:  # no calibration batch
-                continue
-            _solve(rec, lay, w, *acc, ridge)
-            changed.append(lay.node)
-        timings["propagation"] = round(prop.seconds_run, 4)
-        timings["segments"] = prop.segments
-    timings["solves"] = round(time.perf_counter() - t1 - prop.seconds_run, 4)
-    return changed
+
+def fit_layer(rec: Recovery, lay: Layer, inputs, pos: list, targets: list, ridge: float) -> bool:
+    """Refit ``lay`` from the pruned model's per-batch ``inputs`` (its data input, upstream already
+    recovered) to the original's ``targets`` at ``pos``; False when it cannot be fitted."""
+    w = numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64)
+    o = _out_channels(lay, w)
+    if targets[0].shape[1] != o:
+        rec.skipped[lay.node] = f"output channels do not correspond ({targets[0].shape[1]} vs {o})"
+        return False
+    node = rec.nodes[lay.node]
+    acc: tuple[np.ndarray, np.ndarray] | None = None
+    for b, x in enumerate(inputs):
+        a, c = _normal_equations(lay, node, x, pos[b], w.shape, targets[b])
+        acc = (a, c) if acc is None else (acc[0] + a, acc[1] + c)
+    if acc is None:  # no calibration batch
+        return False
+    _solve(rec, lay, w, *acc, ridge)
+    return True
 
 
 def _normal_equations(lay: Layer, node, x: np.ndarray, pos, w_shape, target: np.ndarray):

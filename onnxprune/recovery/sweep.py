@@ -1,0 +1,131 @@
+"""Reconstruction and recalibration from one pass of the original model.
+
+The original model runs once over the calibration set and leaves only what the steps need: each refitted
+layer's outputs at sampled positions (reconstruction) and each corrected layer's per-channel sums
+(recalibration). The pruned model is then propagated (``Propagation``) visiting the edited nodes in graph
+order: once to refit every layer that lost inputs from its inputs as they now are (He et al. 2017's
+sequential refit), and, with recalibration, once more to give every remaining BatchNormalization its
+input's statistics and re-standardise every folded layer's kept output channels to the original's mean
+and variance (EagleEye's adaptive statistics), each seeing the corrected layers upstream.
+
+Why two propagations rather than one sweep doing both at each layer: refitting each layer on inputs that
+were already re-standardised measured worse on the PP-OCRv5 recogniser (-30% MACs: 99.11% character
+accuracy against 99.56% for refit-then-recalibrate; the refit alone gives 99.13%), since the refit's
+intercept already matches the means and the re-standardisation is best applied once, to the refitted
+model's final statistics.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..progress import bar
+from .passes import Recovery, stream
+from .propagate import Propagation
+from .recalibrate import MomentSums, restandardise, set_bn_statistics
+from .recalibrate import targets as recalibration_targets
+from .reconstruct import TargetSampler, fit_layer, refittable
+
+
+def recover_layers(
+    rec: Recovery,
+    batches,
+    *,
+    reconstruct: bool = True,
+    recalibrate: bool = False,
+    samples: int = 8192,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+    budget: int | None = None,
+    timings: dict | None = None,
+) -> dict[str, list[str]]:
+    """Edits ``rec.pruned`` in place; returns the nodes changed per step (``reconstructed``,
+    ``recalibrated``, in graph order) for the steps asked. ``timings`` (if given) receives the seconds of
+    the original pass, of running the pruned model's segments (``propagation``, with their count, over
+    both propagations) and of everything else (``solves``: normal equations, solves, statistics)."""
+    timings = {} if timings is None else timings
+    fit = {lay.node: lay for lay in refittable(rec)} if reconstruct else {}
+    restd, bn_list = recalibration_targets(rec) if recalibrate else ({}, [])
+    bns = set(bn_list)
+    # one Layer per node: a refit may add a bias input, which the re-standardisation must then scale
+    # (a second Layer read before the refit would still say "no bias" and write another one)
+    restd = {name: fit.get(name, lay) for name, lay in restd.items()}
+    out: dict[str, list[str]] = {}
+    if reconstruct:
+        out["reconstructed"] = []
+    if recalibrate:
+        out["recalibrated"] = []
+    if not fit and not restd and not bns:
+        return out
+    t0 = time.perf_counter()
+    sampler = TargetSampler(rec, list(fit.values()), len(batches), samples, seed)
+    sums = MomentSums(rec, restd)
+    names = sorted(set(sampler.names) | set(sums.names))
+
+    def collect(b: int, arrs: dict) -> None:
+        sampler(b, arrs)
+        sums(b, arrs)
+
+    stream(rec.original.model, names, batches, rec.original.shapes, collect)
+    orig_moments = sums.moments()
+    timings["original_pass"] = round(time.perf_counter() - t0, 4)
+    order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
+    visits = sorted(set(fit) | set(restd) | set(bns), key=order.__getitem__)
+    t1 = time.perf_counter()
+    seconds_run, segments = 0.0, 0
+    if fit:
+        with Propagation(rec.pruned, batches, budget) as prop:
+            for name in bar(sorted(fit, key=order.__getitem__), desc="reconstruct", unit="layer", enabled=progress):
+                prop.run_until(name)
+                inputs = prop.tensor(rec.nodes[name].input[0])
+                if fit_layer(rec, fit[name], inputs, sampler.pos[name], sampler.targets[name], ridge):
+                    out["reconstructed"].append(name)
+            seconds_run, segments = seconds_run + prop.seconds_run, segments + prop.segments
+    if restd or bns:
+        with Propagation(rec.pruned, batches, budget) as prop:
+            visits = sorted(set(restd) | bns, key=order.__getitem__)
+            for name in bar(visits, desc="recalibrate", unit="layer", enabled=progress):
+                if name in bns:
+                    prop.run_until(name)
+                    set_bn_statistics(rec, name, prop)
+                    out["recalibrated"].append(name)
+                else:
+                    prop.run_through(name)
+                    if restandardise(rec, restd[name], prop, orig_moments):
+                        out["recalibrated"].append(name)
+            seconds_run, segments = seconds_run + prop.seconds_run, segments + prop.segments
+    timings["propagation"] = round(seconds_run, 4)
+    timings["segments"] = segments
+    timings["solves"] = round(time.perf_counter() - t1 - seconds_run, 4)
+    return out
+
+
+def reconstruct(
+    rec: Recovery,
+    batches,
+    samples: int = 8192,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+    budget: int | None = None,
+    timings: dict | None = None,
+) -> list[str]:
+    """Least-squares refit of every layer that lost inputs; returns the layers changed."""
+    return recover_layers(
+        rec,
+        batches,
+        samples=samples,
+        ridge=ridge,
+        seed=seed,
+        progress=progress,
+        budget=budget,
+        timings=timings,
+    ).get("reconstructed", [])
+
+
+def recalibrate(rec: Recovery, batches, progress: bool = False, budget: int | None = None) -> list[str]:
+    """Statistics recalibration alone; returns the nodes changed."""
+    return recover_layers(rec, batches, reconstruct=False, recalibrate=True, progress=progress, budget=budget).get(
+        "recalibrated", []
+    )
