@@ -4,9 +4,10 @@
         [--out benchmarks/out/recovery_speed.json] [--results docs/RESULTS.md]
 
 For each model: l1 at -50% MACs (--round-to 8), least-squares reconstruction on the calibration set, and
-separately reconstruction + statistics recalibration (one sweep: one original pass, one propagation). The figure is the recovery time divided by one
-onnxruntime forward pass of the original (all optimisations, same batches, same threads) measured in
-the same run; the report's breakdown (original pass, propagation, solves) is recorded too.
+separately reconstruction + statistics recalibration (one pass of the original for both). The figure is
+the recovery time divided by one onnxruntime forward pass of the original (all optimisations, same
+batches, same threads) measured in the same run; the report's breakdown (original pass, propagation,
+solves) is recorded too.
 Calibration sets: Fashion-MNIST models 512 training images; PP-OCRv5 recogniser 512 rendered lines
 (benchmarks/real); resnet50 (torchvision, random weights, 224x224) 1,024 random images.
 """

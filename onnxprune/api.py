@@ -33,7 +33,8 @@ def load(model, input_shapes=None) -> Graph:
     """Read (path or ModelProto) and normalise; ``input_shapes``: dict or list of ``name:1x3x224x224``."""
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
-    return build_graph(read_model(model), input_shapes or {})
+    owned = not isinstance(model, onnx.ModelProto)  # read here from a file: normalised in place
+    return build_graph(read_model(model), input_shapes or {}, owned=owned)
 
 
 def _group_macs(analysis, counts) -> None:

@@ -131,10 +131,14 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None  # sparse_value / strings: leave the node alone
 
 
-def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Turn Constant nodes into initializers and bypass Identity-of-constant (without copying weights)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+def normalise(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """Turn Constant nodes into initializers and bypass Identity-of-constant. ``copy=False`` edits
+    ``model`` itself: for a model read from a file here, a copy would hold every weight twice."""
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
     g = m.graph
     init_names = {t.name for t in g.initializer}
     outputs = {o.name for o in g.output}
@@ -334,8 +338,12 @@ def random_feeds(
     return feeds
 
 
-def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
-    """Normalise, check and shape-annotate a model: the single entry point of every pipeline."""
+def build_graph(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None, owned: bool = False
+) -> Graph:
+    """Normalise, check and shape-annotate a model: the single entry point of every pipeline.
+    ``owned``: ``model`` is this call's to edit (read from a file for it), so it is normalised in place
+    instead of copied; a caller's ModelProto is never modified."""
     _check_opset(model)
     _check_acyclic(model, {t.name for t in model.graph.initializer})  # before the checker: its message is vaguer
     try:
@@ -343,7 +351,8 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
-    norm = normalise(model)
+    norm = normalise(model, copy=not owned)
+    del model  # owned: the same object; else the caller keeps it
 
     fold_static_shapes(norm)
     shapes_in = resolve_input_shapes(norm, input_shapes or {})
@@ -358,7 +367,7 @@ def build_graph(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
             if i:
                 g.consumers.setdefault(i, []).append((node, k))
     _check_finite(g)
-    _check_runs(model, shapes_in)
+    _check_runs(norm, shapes_in)
     return g
 
 

@@ -31,3 +31,26 @@ def test_large_weights_go_as_arrays_and_the_outputs_are_unchanged():
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1].shape == (2, 256, 12, 12)
     assert [o.name for o in model.graph.output] == [model.graph.output[0].name]  # the model is not changed
+
+
+def test_loading_normalises_a_file_in_place_and_a_callers_model_on_a_copy(tmp_path):
+    """A model read from a file is normalised in place (a copy would hold every weight twice); a
+    ModelProto the caller passes keeps its Constant and Identity nodes."""
+    import onnxprune
+
+    b = G(shape=(1, 3, 6, 6))
+    w = b.rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    const = onnx.helper.make_node("Constant", [], ["wc"], value=onnx.numpy_helper.from_array(w, "wc"))
+    ident = onnx.helper.make_node("Identity", ["wc"], ["wi"])
+    b.nodes += [const, ident]
+    b.output(b.op("Conv", [b.x, "wi"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]))
+    m = b.model()
+    before = m.SerializeToString()
+    from_proto = onnxprune.load(m)
+    assert m.SerializeToString() == before
+    path = str(tmp_path / "m.onnx")
+    onnx.save(m, path)
+    from_file = onnxprune.load(path)
+    for g in (from_proto, from_file):
+        assert not any(n.op_type in ("Constant", "Identity") for n in g.model.graph.node)
+        assert np.array_equal(g.consts["wc"], w)

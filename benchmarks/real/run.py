@@ -13,7 +13,8 @@ no-training recovery (reconstruct, or reconstruct + recalibrate) that scores hig
 split; onnxruntime CPU speedup of the pruned model against the original (2 threads, batch 1, 50
 interleaved rounds, paired bootstrap 95% interval); the time of each step.
 
-Allocations: ``uniform`` (one ratio for every group, searched to the target) or ``sensitivity`` (each
+Allocations: ``uniform`` (one ratio for every group, searched to the target), ``global`` (one ranking of
+the criterion's scores over every group, ``--global``) or ``sensitivity`` (each
 group pruned alone at 0.25/0.5/0.75, reconstructed on the calibration split and measured on the model's
 validation split ``NAME_val``; the target is then spent where the measured drop per MAC saved is lowest).
 ``sensitivity-latency`` spends a latency target instead (``--targets`` then are fractions of the latency
@@ -100,7 +101,9 @@ def row(name: str, target: float, criterion: str, allocation: str, distill: bool
     out = {"model": name, "target_macs": target, "criterion": criterion, "allocation": allocation}
     out["original"], _ = metric(path, name)
     alloc = onnxprune.Allocation(target_macs=target)
-    if allocation == "sensitivity":
+    if allocation == "global":  # one ranking over every group (obs: its relative costs as they are)
+        alloc = onnxprune.Allocation(target_macs=target, global_rank=True)
+    elif allocation == "sensitivity":
         sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
         alloc = onnxprune.Allocation(target_macs=target, sensitivity=sens)
     elif allocation == "sensitivity-latency":  # the target is a fraction of the measured latency
@@ -156,7 +159,7 @@ def main() -> None:
     ap.add_argument(
         "--allocations",
         default="uniform",
-        help="uniform, sensitivity, sensitivity-latency (comma-separated; with sensitivity-latency the "
+        help="uniform, global, sensitivity, sensitivity-latency (comma-separated; with sensitivity-latency the "
         "targets are fractions of the measured latency, 2 threads, batch 1)",
     )
     ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
