@@ -22,8 +22,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def evaluate(graph, spec: DataSpec, reference_graph=None, progress: bool = False) -> dict:
     """Top-1/top-5 (with labels) and, against a reference, top-1 agreement, max/mean |diff| and KL."""
-    sess = make_session(graph.model)
-    ref = make_session(reference_graph.model) if reference_graph is not None else None
+    sess = make_session(graph.model, arrays=graph.consts)
+    ref = make_session(reference_graph.model, arrays=reference_graph.consts) if reference_graph is not None else None
     n = correct1 = correct5 = agree = 0
     kl_sum = abs_sum = 0.0
     max_abs = 0.0

@@ -273,7 +273,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
     return shapes
 
 
-def _check_runs(model: onnx.ModelProto, input_shapes) -> None:
+def _check_runs(model: onnx.ModelProto, input_shapes, consts: dict[str, np.ndarray] | None = None) -> None:
     """The model must run in onnxruntime: the checker and onnx's shape inference let through graphs no
     runtime accepts (a Conv bias of the wrong length), and the channel rules assume a well-formed graph.
 
@@ -282,7 +282,7 @@ def _check_runs(model: onnx.ModelProto, input_shapes) -> None:
     """
 
     try:
-        sess = make_session(model, optimize=False)
+        sess = make_session(model, optimize=False, arrays=consts)  # the arrays as loaded: no second copy
     except Exception as e:
         msg = " ".join(str(e).split())
         custom = any(n.domain not in ("", "ai.onnx") for n in model.graph.node)
@@ -367,7 +367,7 @@ def build_graph(
             if i:
                 g.consumers.setdefault(i, []).append((node, k))
     _check_finite(g)
-    _check_runs(norm, shapes_in)
+    _check_runs(norm, shapes_in, consts)
     return g
 
 

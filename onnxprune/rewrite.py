@@ -18,7 +18,7 @@ from .groups.actions import Action
 from .groups.rules.control import implicit_reads
 from .load import Graph, infer_shapes
 from .plan import Keep, PruningPlan, emptied
-from .protosize import skeleton
+from .protosize import skeleton, with_initializers
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
@@ -77,8 +77,10 @@ def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.Mode
     if bad:
         raise OnnxPruneError(f"plan removes every channel of tensor '{bad[0][0]}' (axis {bad[0][1]})")
     keep = Keep(analysis, plan)
+    # the graph without its weights: _finish copies in only the initializers the pruned model still
+    # reads; copying them all first held every replaced weight twice at the peak
     model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
+    model.CopyFrom(with_initializers(graph.model, []))
     ed = _Editor(graph, model)
     by_input: dict[tuple[str, int], list[Action]] = defaultdict(list)
     for act in analysis.actions:
@@ -170,15 +172,18 @@ def _kept_block(remapped: np.ndarray, node: str) -> np.ndarray:
 
 
 def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
+    """The initializers the edited graph reads (or declares as inputs): the original ones it still
+    reads, in their order, then the new ones."""
     g = model.graph
-    for name, arr in ed.new_inits.items():
-        g.initializer.append(numpy_helper.from_array(arr, name))
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     used |= _subgraph_reads(g)
-    inputs = {i.name for i in g.input}
-    alive = [t for t in g.initializer if t.name in used or t.name in inputs]
-    del g.initializer[:]
-    g.initializer.extend(alive)
+    used |= {i.name for i in g.input}
+    for t in ed.graph.model.graph.initializer:
+        if t.name in used and t.name not in ed.new_inits:
+            g.initializer.append(t)  # protobuf copies it in
+    for name, arr in ed.new_inits.items():
+        if name in used:
+            g.initializer.append(numpy_helper.from_array(arr, name))
     del g.value_info[:]  # stale shapes: the pruned model is re-inferred
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -10,9 +12,17 @@ from .errors import OnnxPruneError
 from .protosize import with_initializers
 
 
-def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, threads: int = 0, outputs=()):
+def make_session(
+    model: onnx.ModelProto | bytes,
+    optimize: bool | str = True,
+    threads: int = 0,
+    outputs=(),
+    arrays: Mapping[str, np.ndarray] | None = None,
+):
     """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers);
-    ``outputs``: intermediate tensors the session also returns."""
+    ``outputs``: intermediate tensors the session also returns; ``arrays``: values of initializers
+    already held as arrays (a loaded graph's ``consts``), used as they are instead of converted again
+    (the model may then carry them as in-memory stubs, see ``IN_MEMORY``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -26,9 +36,9 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, th
     try:
         if isinstance(model, bytes):
             return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-        light, names, arrays = _without_weights(model, outputs)
+        light, names, values = _without_weights(model, outputs, arrays or {})
         if names:
-            so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+            so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in values])
         return ort.InferenceSession(light.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except OnnxPruneError:
         raise
@@ -37,9 +47,27 @@ def make_session(model: onnx.ModelProto | bytes, optimize: bool | str = True, th
 
 
 IN_MEMORY_MIN_BYTES = 1 << 16
+IN_MEMORY = "onnxprune-in-memory"  # external-data location of a stub whose values are held as an array
 
 
-def _without_weights(model: onnx.ModelProto, outputs=()) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+def in_memory_stub(t: onnx.TensorProto) -> onnx.TensorProto:
+    """``t`` without its payload, marked as external data that the session takes from an array."""
+    stub = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", IN_MEMORY  # replaced by the arrays, never read
+    return stub
+
+
+def is_in_memory_stub(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == IN_MEMORY for e in t.external_data
+    )
+
+
+def _without_weights(
+    model: onnx.ModelProto, outputs=(), arrays: Mapping[str, np.ndarray] | None = None
+) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     """The model with every large initializer marked as external data (and ``outputs`` added to its
     outputs), and those initializers as arrays.
 
@@ -48,8 +76,14 @@ def _without_weights(model: onnx.ModelProto, outputs=()) -> tuple[onnx.ModelProt
     1.1 s this way, and no serialised copy of the whole model is held in memory. Models over protobuf's
     2 GB limit load the same way (what is serialised is the graph without its weights)."""
     g = model.graph
+    arrays = arrays or {}
     small, big = [], []
     for t in g.initializer:
+        if is_in_memory_stub(t):
+            if t.name not in arrays:
+                raise ValueError(f"initializer '{t.name}' is held in memory but no array was given for it")
+            big.append(t)
+            continue
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
             small.append(t)
             continue
@@ -59,15 +93,9 @@ def _without_weights(model: onnx.ModelProto, outputs=()) -> tuple[onnx.ModelProt
     extra = [helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(outputs) if n not in have]
     if not big and not extra:
         return model, [], []
-    stubs = []
-    for t in big:
-        stub = onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        entry = stub.external_data.add()
-        entry.key, entry.value = "location", "onnxprune-in-memory"  # replaced by the arrays, never read
-        stubs.append(stub)
-    light = with_initializers(model, small + stubs, [*g.output, *extra])
-    return light, [t.name for t in big], [numpy_helper.to_array(t) for t in big]
+    light = with_initializers(model, small + [in_memory_stub(t) for t in big], [*g.output, *extra])
+    values = [np.ascontiguousarray(arrays[t.name]) if t.name in arrays else numpy_helper.to_array(t) for t in big]
+    return light, [t.name for t in big], values
 
 
 def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
@@ -78,9 +106,9 @@ def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
         raise OnnxPruneError(f"onnxruntime failed to run the model: {str(e).splitlines()[0][:300]}") from None
 
 
-def session_with_outputs(model: onnx.ModelProto, names):
+def session_with_outputs(model: onnx.ModelProto, names, arrays: Mapping[str, np.ndarray] | None = None):
     """A session that also returns the intermediate tensors ``names`` (for activation statistics)."""
-    return make_session(model, optimize=intermediate_optimization(), outputs=names)
+    return make_session(model, optimize=intermediate_optimization(), outputs=names, arrays=arrays)
 
 
 def intermediate_optimization() -> bool | str:

@@ -54,3 +54,37 @@ def test_loading_normalises_a_file_in_place_and_a_callers_model_on_a_copy(tmp_pa
     for g in (from_proto, from_file):
         assert not any(n.op_type in ("Constant", "Identity") for n in g.model.graph.node)
         assert np.array_equal(g.consts["wc"], w)
+
+
+def test_in_memory_stubs_take_their_values_from_the_arrays_given():
+    """The masked reference of a verification carries the weights as stubs and the session reads the
+    loaded graph's arrays: the outputs are those of the arrays, and a stub without an array is refused."""
+    import pytest
+
+    import onnxprune
+    from onnxprune.errors import OnnxPruneError
+    from onnxprune.runtime import in_memory_stub
+    from onnxprune.verify import masked_reference
+
+    model = _model()
+    big = next(t for t in model.graph.initializer if onnx.numpy_helper.to_array(t).nbytes >= IN_MEMORY_MIN_BYTES)
+    values = {big.name: onnx.numpy_helper.to_array(big) * 2}
+    stubbed = onnx.ModelProto()
+    stubbed.CopyFrom(model)
+    target = next(t for t in stubbed.graph.initializer if t.name == big.name)
+    target.CopyFrom(in_memory_stub(target))
+    x = np.random.default_rng(1).standard_normal((2, 16, 12, 12)).astype(np.float32)
+    feeds = {model.graph.input[0].name: x}
+    doubled = onnx.ModelProto()
+    doubled.CopyFrom(model)
+    t2 = next(t for t in doubled.graph.initializer if t.name == big.name)
+    t2.CopyFrom(onnx.numpy_helper.from_array(values[big.name], big.name))
+    np.testing.assert_allclose(
+        make_session(stubbed, arrays=values).run(None, feeds)[0], make_session(doubled).run(None, feeds)[0], rtol=1e-5
+    )
+    with pytest.raises(OnnxPruneError):
+        make_session(stubbed)
+    rep = onnxprune.analyze(model)
+    ref, _ = masked_reference(rep.graph, rep.analysis, onnxprune.PruningPlan())
+    stubs = [t.name for t in ref.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert stubs == [big.name] and len(ref.SerializeToString()) < IN_MEMORY_MIN_BYTES

@@ -33,7 +33,7 @@ def activation_stats(graph, analysis, data) -> tuple[np.ndarray, np.ndarray]:
         raise OnnxPruneError("this criterion needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")
     tensors = consumed_tensors(graph, analysis)
     names = list(tensors)
-    sess = session_with_outputs(graph.model, names)
+    sess = session_with_outputs(graph.model, names, graph.consts)
     n_atoms = len(analysis.roots)
     zeros, mags, counts = np.zeros(n_atoms), np.zeros(n_atoms), np.zeros(n_atoms)
 

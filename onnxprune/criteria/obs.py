@@ -85,7 +85,7 @@ def obs(
     if not consumers:
         return scores
     names = sorted({node.input[0] for node, _, _ in consumers})
-    sess = session_with_outputs(graph.model, names)
+    sess = session_with_outputs(graph.model, names, graph.consts)
     batches = list(open_data(data, graph))
     per_batch = max(1, -(-samples // len(batches)))
     gram: dict[str, np.ndarray] = {}

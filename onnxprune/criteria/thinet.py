@@ -78,7 +78,7 @@ def collect(graph, analysis, data, samples: int = 2000, seed: int = 0) -> dict[s
         raise OnnxPruneError("thinet needs data: pass --calib (e.g. random:64, data.npz, a folder of images)")
     consumers = _consumers(graph, analysis)
     names = sorted({node.input[0] for node, _ in consumers})
-    sess = session_with_outputs(graph.model, names)
+    sess = session_with_outputs(graph.model, names, graph.consts)
     batches = list(open_data(data, graph))  # reading twice would double the I/O; only inputs are kept
     per_batch = max(1, -(-samples // len(batches)))
     rng = np.random.default_rng(seed)

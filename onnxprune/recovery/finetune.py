@@ -163,7 +163,7 @@ def finetune(
         tg.consts[n] = p
         params.append(p)
     head = distill_head(student_graph.model)
-    teacher = session_with_outputs(teacher_graph.model, [head.tensor])
+    teacher = session_with_outputs(teacher_graph.model, [head.tensor], teacher_graph.consts)
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     result = FinetuneResult(student_graph.model, parameters=int(sum(p.numel() for p in params)))
     if eval_data is not None:

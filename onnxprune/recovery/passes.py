@@ -127,9 +127,18 @@ def load_batches(data, graph: Graph) -> list:
     return batches(data, graph)  # read once: every wave streams the same batches
 
 
-def stream(model: onnx.ModelProto, names: list[str], batches, shapes: dict, fn, budget: int = BATCH_BUDGET) -> None:
+def stream(
+    model: onnx.ModelProto,
+    names: list[str],
+    batches,
+    shapes: dict,
+    fn,
+    budget: int = BATCH_BUDGET,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> None:
     """Run ``model`` on every batch and call ``fn(batch_index, {name: array})``; names are split over
-    several passes when one batch of all of them would exceed ``budget`` bytes."""
+    several passes when one batch of all of them would exceed ``budget`` bytes. ``arrays``: the
+    model's weights already held as arrays (a loaded graph's ``consts``), given to onnxruntime as they are."""
     if not names:
         return
     n = len(next(iter(batches[0][0].values()))) if batches else 1
@@ -146,7 +155,7 @@ def stream(model: onnx.ModelProto, names: list[str], batches, shapes: dict, fn, 
         size += est
     chunks.append(cur)
     for chunk in chunks:
-        sess = session_with_outputs(model, chunk)
+        sess = session_with_outputs(model, chunk, arrays)
         for b, (feeds, _) in enumerate(batches):
             fn(b, dict(zip(chunk, sess.run(chunk, feeds))))
 

@@ -30,7 +30,9 @@ def add_channel_sums(acc: list | None, v, axis: int) -> list:
     x = np.asarray(v, dtype=np.float64)
     ax = axis % x.ndim
     others = tuple(a for a in range(x.ndim) if a != ax)  # summed in place: no channels-last copy
-    s = [x.sum(others), np.einsum(x, list(range(x.ndim)), x, list(range(x.ndim)), [ax]), x.size // x.shape[ax]]
+    idx = "abcdefghijklmnop"[: x.ndim]
+    squares = np.einsum(f"{idx},{idx}->{idx[ax]}", x, x)  # sum of squares per channel, no temporary
+    s = [x.sum(others), squares, x.size // x.shape[ax]]
     return s if acc is None else [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]
 
 

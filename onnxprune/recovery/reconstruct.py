@@ -55,7 +55,7 @@ class TargetSampler:
 def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, seed: int):
     """Positions and the original model's (kept) outputs there, per layer and batch (one original pass)."""
     sampler = TargetSampler(rec, layers, len(batches), samples, seed)
-    stream(rec.original.model, sampler.names, batches, rec.original.shapes, sampler)
+    stream(rec.original.model, sampler.names, batches, rec.original.shapes, sampler, arrays=rec.original.consts)
     return sampler.pos, sampler.targets
 
 

@@ -67,7 +67,7 @@ def recover_layers(
         sampler(b, arrs)
         sums(b, arrs)
 
-    stream(rec.original.model, names, batches, rec.original.shapes, collect)
+    stream(rec.original.model, names, batches, rec.original.shapes, collect, arrays=rec.original.consts)
     orig_moments = sums.moments()
     timings["original_pass"] = round(time.perf_counter() - t0, 4)
     order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
