@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
 from .fold import fold_static_shapes
-from .protosize import skeleton, too_large
+from .protosize import skeleton
 from .runtime import make_session, run_model, session_with_outputs
 
 log = logging.getLogger(__name__)
@@ -347,17 +347,19 @@ def build_graph(
     _check_opset(model)
     _check_acyclic(model, {t.name for t in model.graph.initializer})  # before the checker: its message is vaguer
     try:
-        onnx.checker.check_model(skeleton(model) if too_large(model) else model, full_check=False)
+        # on the weight-free copy: the checker serialises what it checks (0.9 s of vgg16_bn's 2.6 s load);
+        # the weights' payloads are checked against their shapes where they become arrays (_arrays)
+        onnx.checker.check_model(skeleton(model), full_check=False)
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
     norm = normalise(model, copy=not owned)
     del model  # owned: the same object; else the caller keeps it
-
+    consts = _arrays(norm)
     fold_static_shapes(norm)
+    consts.update(_arrays(norm, skip=consts))  # the constants folding added
     shapes_in = resolve_input_shapes(norm, input_shapes or {})
     shapes = infer_shapes(norm, shapes_in)
-    consts = {t.name: numpy_helper.to_array(t) for t in norm.graph.initializer}
     g = Graph(model=norm, consts=consts, shapes=shapes, input_shapes=shapes_in)
     for node in norm.graph.node:
         for o in node.output:
@@ -369,6 +371,23 @@ def build_graph(
     _check_finite(g)
     _check_runs(norm, shapes_in, consts)
     return g
+
+
+def _arrays(model: onnx.ModelProto, skip=()) -> dict[str, np.ndarray]:
+    """Every initializer as an array, with a one-line error for a payload that does not match the
+    tensor's shape and type (the checker runs on a copy without the large payloads)."""
+    out = {}
+    for t in model.graph.initializer:
+        if t.name in skip:
+            continue
+        try:
+            out[t.name] = numpy_helper.to_array(t)
+        except Exception as e:
+            raise OnnxPruneError(
+                f"invalid ONNX model: initializer '{t.name}' does not hold the data its shape {list(t.dims)} "
+                f"declares ({' '.join(str(e).split())[:200]})"
+            ) from None
+    return out
 
 
 WEIGHT_OPS = {

@@ -33,6 +33,16 @@ def truncated(tmp_path):
     return str(p)
 
 
+def short_weights(tmp_path):
+    """A weight whose payload holds fewer values than its shape declares (a hand-edited or cut export)."""
+    m = onnx.load(small_model(tmp_path, "full.onnx"))
+    w = max(m.graph.initializer, key=lambda t: len(t.raw_data))
+    w.raw_data = w.raw_data[:-8]
+    p = str(tmp_path / "short.onnx")
+    onnx.save(m, p)
+    return p
+
+
 def not_onnx(tmp_path):
     p = tmp_path / "text.onnx"
     p.write_text("hello, I am not a model\n" * 10)
@@ -146,6 +156,7 @@ CASES = {
     "not ONNX (text)": (not_onnx, [], "error"),
     "protobuf of another kind": (non_model_proto, [], "error"),
     "truncated ONNX file": (truncated, [], "error"),
+    "weight payload shorter than its shape": (short_weights, [], "error"),
     "external data file missing": (missing_external, [], "error"),
     "unsupported opset (9)": (bad_opset, [], "error"),
     "dangling input": (dangling, [], "error"),
