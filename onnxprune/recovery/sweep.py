@@ -101,27 +101,10 @@ def recover_layers(
     return out
 
 
-def reconstruct(
-    rec: Recovery,
-    batches,
-    samples: int = 8192,
-    ridge: float = 1e-3,
-    seed: int = 0,
-    progress: bool = False,
-    budget: int | None = None,
-    timings: dict | None = None,
-) -> list[str]:
-    """Least-squares refit of every layer that lost inputs; returns the layers changed."""
-    return recover_layers(
-        rec,
-        batches,
-        samples=samples,
-        ridge=ridge,
-        seed=seed,
-        progress=progress,
-        budget=budget,
-        timings=timings,
-    ).get("reconstructed", [])
+def reconstruct(rec: Recovery, batches, samples: int = 8192, ridge: float = 1e-3, **options) -> list[str]:
+    """Least-squares refit alone of every layer that lost inputs (``options``: the other keywords of
+    ``recover_layers``); returns the layers changed."""
+    return recover_layers(rec, batches, samples=samples, ridge=ridge, **options).get("reconstructed", [])
 
 
 def recalibrate(rec: Recovery, batches, progress: bool = False, budget: int | None = None) -> list[str]:
