@@ -30,9 +30,10 @@ class RecoveryOptions:
 
 
 def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, progress: bool = False) -> dict:
-    """Bias compensation, then reconstruction and recalibration in one sweep (each optional), in place
-    on ``rec.pruned``. Compensation first gives the reconstruction's ridge a better starting point;
-    within the sweep each layer is refitted, then re-standardised, before the next one sees it."""
+    """Bias compensation, then reconstruction, then recalibration (each optional), in place on
+    ``rec.pruned``; the last two share one pass of the original (``recover_layers``). Compensation first
+    gives the reconstruction's ridge a better starting point; the recalibration last re-standardises
+    whatever the refit left."""
     batches = load_batches(data, rec.original)
     out: dict = {"timings_s": {}}
     if options.bias_compensation:

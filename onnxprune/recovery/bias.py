@@ -32,7 +32,7 @@ def compensate_bias(rec: Recovery, batches) -> list[str]:
     if not layers:
         return []
     inputs = {rec.orig_nodes[lay.node].input[0]: lay.channel_axis for lay in layers}
-    stats = moments(rec.original.model, inputs, batches, rec.original.shapes)
+    stats = moments(rec.original.model, inputs, batches, rec.original.shapes, rec.original.consts)
     orig_inits = {t.name: t for t in rec.original.model.graph.initializer}
     changed = []
     for lay in layers:

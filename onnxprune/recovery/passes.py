@@ -20,7 +20,7 @@ from ..linear import Layer, as_layer, weight_uses
 from ..load import Graph
 from ..plan import Keep, PruningPlan
 from ..runtime import session_with_outputs
-from .propagate import add_channel_sums, mean_var
+from .propagate import ChannelSums
 
 #: bytes of intermediate tensors one batch may hold when many are read from the original at once
 BATCH_BUDGET = 1 << 30
@@ -160,14 +160,15 @@ def stream(
             fn(b, dict(zip(chunk, sess.run(chunk, feeds))))
 
 
-def moments(model: onnx.ModelProto, axes: dict[str, int], batches, shapes: dict | None = None) -> dict:
+def moments(
+    model: onnx.ModelProto,
+    axes: dict[str, int],
+    batches,
+    shapes: dict | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Per-channel mean and (population) variance of tensors over all batches; ``axes[name]`` is the
     channel axis (1 for NCHW, -1 for channels-last rows)."""
-    acc: dict[str, list] = {}
-
-    def add(b, arrs):
-        for name, arr in arrs.items():
-            acc[name] = add_channel_sums(acc.get(name), arr, axes[name])
-
-    stream(model, list(axes), batches, shapes or {}, add)
-    return {name: mean_var(a) for name, a in acc.items()}
+    sums = ChannelSums(axes)
+    stream(model, sums.names, batches, shapes or {}, sums, arrays=arrays)
+    return sums.moments()

@@ -36,6 +36,25 @@ def add_channel_sums(acc: list | None, v, axis: int) -> list:
     return s if acc is None else [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]
 
 
+class ChannelSums:
+    """Collects per-channel sums of tensors during a pass (``stream``): ``axes[name]`` is the channel
+    axis of each tensor; calling it takes one batch of them (a name read in another chunk of the same
+    pass is absent from that call)."""
+
+    def __init__(self, axes: dict[str, int]):
+        self.axes = axes
+        self.names = sorted(axes)
+        self.acc: dict[str, list] = {}
+
+    def __call__(self, b: int, arrs: dict) -> None:
+        for name, arr in arrs.items():
+            if name in self.axes:
+                self.acc[name] = add_channel_sums(self.acc.get(name), arr, self.axes[name])
+
+    def moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {name: mean_var(a) for name, a in self.acc.items()}
+
+
 def mean_var(acc: list) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population variance from ``add_channel_sums``."""
     mean = acc[0] / acc[2]

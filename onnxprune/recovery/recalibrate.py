@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from ..linear import Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
 from .passes import Recovery, downstream
-from .propagate import Propagation, add_channel_sums, mean_var
+from .propagate import ChannelSums, Propagation
 
 EPS = 1e-12
 
@@ -64,22 +64,10 @@ def targets(rec: Recovery) -> tuple[dict[str, Layer], list[str]]:
     return layers, bns
 
 
-class MomentSums:
-    """Per-channel sums of the original model's layer outputs, collected during its one pass."""
-
-    def __init__(self, rec: Recovery, layers: dict[str, Layer]):
-        self.axes = {rec.orig_nodes[n].output[0]: lay.channel_axis for n, lay in layers.items()}
-        self.names = sorted(self.axes)
-        self.acc: dict[str, list] = {}
-
-    def __call__(self, b: int, arrs: dict) -> None:
-        for name in self.names:
-            if name not in arrs:  # read in another chunk of the same pass (``stream``)
-                continue
-            self.acc[name] = add_channel_sums(self.acc.get(name), arrs[name], self.axes[name])
-
-    def moments(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return {name: mean_var(a) for name, a in self.acc.items()}
+def output_sums(rec: Recovery, layers: dict[str, Layer]) -> ChannelSums:
+    """The collector of the original model's per-channel output statistics of ``layers``, the targets
+    of their re-standardisation."""
+    return ChannelSums({rec.orig_nodes[n].output[0]: lay.channel_axis for n, lay in layers.items()})
 
 
 def set_bn_statistics(rec: Recovery, name: str, prop: Propagation) -> None:

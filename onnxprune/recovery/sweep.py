@@ -22,7 +22,7 @@ import time
 from ..progress import bar
 from .passes import Recovery, stream
 from .propagate import Propagation
-from .recalibrate import MomentSums, restandardise, set_bn_statistics
+from .recalibrate import output_sums, restandardise, set_bn_statistics
 from .recalibrate import targets as recalibration_targets
 from .reconstruct import TargetSampler, fit_layer, refittable
 
@@ -60,7 +60,7 @@ def recover_layers(
         return out
     t0 = time.perf_counter()
     sampler = TargetSampler(rec, list(fit.values()), len(batches), samples, seed)
-    sums = MomentSums(rec, restd)
+    sums = output_sums(rec, restd)
     names = sorted(set(sampler.names) | set(sums.names))
 
     def collect(b: int, arrs: dict) -> None:
@@ -71,7 +71,6 @@ def recover_layers(
     orig_moments = sums.moments()
     timings["original_pass"] = round(time.perf_counter() - t0, 4)
     order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
-    visits = sorted(set(fit) | set(restd) | set(bns), key=order.__getitem__)
     t1 = time.perf_counter()
     seconds_run, segments = 0.0, 0
     if fit:
