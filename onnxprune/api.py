@@ -33,8 +33,13 @@ def load(model, input_shapes=None) -> Graph:
     """Read (path or ModelProto) and normalise; ``input_shapes``: dict or list of ``name:1x3x224x224``."""
     if isinstance(input_shapes, (list, tuple)):
         input_shapes = parse_input_shapes(list(input_shapes))
-    owned = not isinstance(model, onnx.ModelProto)  # read here from a file: normalised in place
-    return build_graph(read_model(model), input_shapes or {}, owned=owned)
+    if isinstance(model, Graph):
+        return model if not input_shapes else build_graph(model.materialised(), input_shapes)
+    if isinstance(model, onnx.ModelProto):
+        return build_graph(model, input_shapes or {})  # normalised on a copy: the caller's stays as it is
+    # read here from a file: normalised in place, external data read straight into arrays
+    base = os.path.dirname(os.path.abspath(os.fspath(model)))
+    return build_graph(read_model(model, external=False), input_shapes or {}, owned=True, base_dir=base)
 
 
 def _group_macs(analysis, counts) -> None:

@@ -71,7 +71,7 @@ def evaluate_task(model, task) -> dict[str, float]:
     fn = load_callable(task, "task") if isinstance(task, str) else task
     if isinstance(model, (str, os.PathLike)):
         model = read_model(model)
-    sess = make_session(getattr(model, "model", model))
+    sess = make_session(getattr(model, "model", model), arrays=getattr(model, "consts", None))
 
     def predict(feeds: dict) -> list:
         return sess.run(None, feeds)

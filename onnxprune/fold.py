@@ -98,7 +98,7 @@ def _value(name, consts, values):
     t = consts.get(name)
     if t is None:
         return None
-    if int(np.prod(t.dims)) > MAX_ELEMENTS:
+    if int(np.prod(t.dims)) > MAX_ELEMENTS or t.data_location == onnx.TensorProto.EXTERNAL:
         return None
     arr = numpy_helper.to_array(t)
     values[name] = arr

@@ -18,7 +18,15 @@ from onnx import helper, numpy_helper
 from .errors import OnnxPruneError
 from .fold import fold_static_shapes
 from .protosize import skeleton
-from .runtime import make_session, run_model, session_with_outputs
+from .runtime import (
+    IN_MEMORY_MIN_BYTES,
+    in_memory_stub,
+    is_in_memory_stub,
+    make_session,
+    materialise,
+    run_model,
+    session_with_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,8 @@ MIN_OPSET, MAX_OPSET = 11, 23
 
 @dataclass
 class Graph:
-    """A normalised model plus the lookups every stage needs; the ModelProto is the working copy."""
+    """A normalised model plus the lookups every stage needs; the ModelProto is the working copy, its
+    large weights held once, as arrays in ``consts`` (``materialised()`` puts them back in)."""
 
     model: onnx.ModelProto
     consts: dict[str, np.ndarray]
@@ -46,6 +55,11 @@ class Graph:
     @property
     def output_names(self) -> list[str]:
         return [o.name for o in self.model.graph.output]
+
+    def materialised(self) -> onnx.ModelProto:
+        """The working model with its weights in it (``model`` carries in-memory stubs for the large
+        ones, whose values are ``consts``): what to save or hand to code that reads initializers."""
+        return materialise(self.model, self.consts)
 
     def const(self, name: str) -> np.ndarray | None:
         return self.consts.get(name) if name else None
@@ -71,8 +85,10 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def read_model(path_or_model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Read a model file (external data included) with one-line errors for every way it can be broken."""
+def read_model(path_or_model: str | os.PathLike | onnx.ModelProto, external: bool = True) -> onnx.ModelProto:
+    """Read a model file with one-line errors for every way it can be broken. ``external=False`` leaves
+    external data in its file (checked to exist): ``build_graph`` then reads each tensor straight into
+    its array, so the weights are never held twice (protobuf copy and array)."""
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model
     path = os.fspath(path_or_model)
@@ -91,6 +107,8 @@ def read_model(path_or_model: str | os.PathLike | onnx.ModelProto) -> onnx.Model
         loc = next((e.value for e in t.external_data if e.key == "location"), None)
         if loc is None or not os.path.exists(os.path.join(base, loc)):
             raise OnnxPruneError(f"external data file '{loc}' for tensor '{t.name}' not found next to {path}")
+    if not external:
+        return model
     try:
         onnx.load_external_data_for_model(model, base)
     except Exception as e:
@@ -239,7 +257,9 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def infer_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], consts: dict[str, np.ndarray] | None = None
+) -> dict[str, tuple[int, ...]]:
     """Static shapes of every tensor for the given input shapes.
 
     onnx shape inference (with data propagation) covers almost everything; whatever it leaves unknown
@@ -269,7 +289,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
         shapes[t.name] = tuple(t.dims)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
     if missing:
-        shapes.update(_shapes_from_runtime(model, input_shapes, missing))
+        shapes.update(_shapes_from_runtime(model, input_shapes, missing, consts))
     return shapes
 
 
@@ -308,10 +328,10 @@ def _check_runs(model: onnx.ModelProto, input_shapes, consts: dict[str, np.ndarr
         raise OnnxPruneError(f"invalid ONNX model: onnxruntime cannot run it: {msg}") from None
 
 
-def _shapes_from_runtime(model, input_shapes, names) -> dict[str, tuple[int, ...]]:
+def _shapes_from_runtime(model, input_shapes, names, consts=None) -> dict[str, tuple[int, ...]]:
 
     try:
-        sess = session_with_outputs(model, names)
+        sess = session_with_outputs(model, names, consts)
         outs = run_model(sess, random_feeds(model, input_shapes, seed=0), list(names))
     except OnnxPruneError:
         return {}  # the rules then freeze every tensor whose shape stays unknown, and say so
@@ -339,13 +359,28 @@ def random_feeds(
 
 
 def build_graph(
-    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None, owned: bool = False
+    model: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    owned: bool = False,
+    base_dir: str = "",
 ) -> Graph:
     """Normalise, check and shape-annotate a model: the single entry point of every pipeline.
     ``owned``: ``model`` is this call's to edit (read from a file for it), so it is normalised in place
-    instead of copied; a caller's ModelProto is never modified."""
+    instead of copied; a caller's ModelProto is never modified. ``base_dir``: where external data not
+    yet read lives (``read_model(..., external=False)``).
+
+    Every large weight ends up held once, as an array in ``consts``; the working ModelProto carries an
+    in-memory stub in its place (``runtime.in_memory_stub``), so sessions take the arrays as they are
+    and ``materialise`` gives the self-contained model back."""
     _check_opset(model)
     _check_acyclic(model, {t.name for t in model.graph.initializer})  # before the checker: its message is vaguer
+    if any(is_in_memory_stub(t) for t in model.graph.initializer):
+        raise OnnxPruneError(
+            "model holds in-memory weight stubs of a loaded graph: pass the Graph itself or graph.materialised()"
+        )
+    # a model read here: its external data (not read yet) becomes arrays first, so that the checker and
+    # shape inference never look for files relative to the working directory
+    consts = _arrays(model, base_dir=base_dir) if owned else {}
     try:
         # on the weight-free copy: the checker serialises what it checks (0.9 s of vgg16_bn's 2.6 s load);
         # the weights' payloads are checked against their shapes where they become arrays (_arrays)
@@ -355,11 +390,11 @@ def build_graph(
         raise OnnxPruneError(f"invalid ONNX model: {msg[0][:300] if msg else type(e).__name__}") from None
     norm = normalise(model, copy=not owned)
     del model  # owned: the same object; else the caller keeps it
-    consts = _arrays(norm)
+    consts.update(_arrays(norm, skip=consts))  # Constant nodes normalise turned into initializers
     fold_static_shapes(norm)
     consts.update(_arrays(norm, skip=consts))  # the constants folding added
     shapes_in = resolve_input_shapes(norm, input_shapes or {})
-    shapes = infer_shapes(norm, shapes_in)
+    shapes = infer_shapes(norm, shapes_in, consts)
     g = Graph(model=norm, consts=consts, shapes=shapes, input_shapes=shapes_in)
     for node in norm.graph.node:
         for o in node.output:
@@ -373,20 +408,27 @@ def build_graph(
     return g
 
 
-def _arrays(model: onnx.ModelProto, skip=()) -> dict[str, np.ndarray]:
+def _arrays(model: onnx.ModelProto, skip=(), base_dir: str = "") -> dict[str, np.ndarray]:
     """Every initializer as an array, with a one-line error for a payload that does not match the
-    tensor's shape and type (the checker runs on a copy without the large payloads)."""
+    tensor's shape and type (the checker runs on a copy without the large payloads). Each large one is
+    replaced in ``model`` by an in-memory stub as soon as its array exists, so the peak holds one
+    tensor twice, not the model; external data is read from its file (under ``base_dir``) directly."""
     out = {}
     for t in model.graph.initializer:
-        if t.name in skip:
+        if t.name in skip or is_in_memory_stub(t):
             continue
         try:
-            out[t.name] = numpy_helper.to_array(t)
+            arr = numpy_helper.to_array(t, base_dir)  # a view of its own bytes, not of the protobuf's
         except Exception as e:
             raise OnnxPruneError(
                 f"invalid ONNX model: initializer '{t.name}' does not hold the data its shape {list(t.dims)} "
                 f"declares ({' '.join(str(e).split())[:200]})"
             ) from None
+        out[t.name] = arr
+        if arr.nbytes >= IN_MEMORY_MIN_BYTES and t.data_type != onnx.TensorProto.STRING:
+            t.CopyFrom(in_memory_stub(t))
+        elif t.data_location == onnx.TensorProto.EXTERNAL:  # small: in the graph, where shape inference reads it
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
     return out
 
 

@@ -45,8 +45,11 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     big = [
         t
         for t in model.graph.initializer
-        if int(np.prod(t.dims)) >= SKELETON_MIN_ELEMENTS
-        and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        if t.data_location == onnx.TensorProto.EXTERNAL  # stubs of arrays held elsewhere included
+        or (
+            int(np.prod(t.dims)) >= SKELETON_MIN_ELEMENTS
+            and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        )
     ]
     if not big:
         light.CopyFrom(model)

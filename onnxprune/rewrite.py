@@ -19,6 +19,7 @@ from .groups.rules.control import implicit_reads
 from .load import Graph, infer_shapes
 from .plan import Keep, PruningPlan, emptied
 from .protosize import skeleton, with_initializers
+from .runtime import is_in_memory_stub
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
@@ -180,7 +181,10 @@ def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
     used |= {i.name for i in g.input}
     for t in ed.graph.model.graph.initializer:
         if t.name in used and t.name not in ed.new_inits:
-            g.initializer.append(t)  # protobuf copies it in
+            if is_in_memory_stub(t):  # held as an array by the loaded graph: the pruned model is self-contained
+                g.initializer.append(numpy_helper.from_array(np.asarray(ed.graph.consts[t.name]), t.name))
+            else:
+                g.initializer.append(t)  # protobuf copies it in
     for name, arr in ed.new_inits.items():
         if name in used:
             g.initializer.append(numpy_helper.from_array(arr, name))

@@ -30,7 +30,7 @@ from .progress import bar as progress_bar
 from .recovery import Recovery, RecoveryOptions, run_recovery
 from .report_markdown import pyplot
 from .rewrite import apply_plan
-from .runtime import make_session
+from .runtime import make_session, materialise
 from .save import atomic_write
 
 _STATE: dict = {}
@@ -50,8 +50,8 @@ def metrics(logits: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> d
     return out
 
 
-def _logits(model, feeds_list) -> np.ndarray:
-    sess = make_session(model, threads=1)
+def _logits(model, feeds_list, arrays=None) -> np.ndarray:
+    sess = make_session(model, threads=1, arrays=arrays)
     outs = [np.asarray(sess.run(None, f)[0], dtype=np.float64) for f in feeds_list]
     return np.concatenate([o.reshape(len(o), -1) for o in outs])
 
@@ -108,7 +108,7 @@ def run_sensitivity(
         raise OnnxPruneError("--reconstruct/--recalibrate need calibration data (--calib)")
     if task is not None:
         feeds, labels, ref = [], None, None
-        base = evaluate_task(graph.model, task)
+        base = evaluate_task(graph, task)
         metric = primary(base)[0]
     else:
         batches = list(open_data(data, graph))
@@ -118,7 +118,7 @@ def run_sensitivity(
             if any(lab is None for _, lab in batches)
             else np.concatenate([np.asarray(lab).reshape(-1) for _, lab in batches])
         )
-        ref = _logits(graph.model, feeds)
+        ref = _logits(graph.model, feeds, graph.consts)
         base = metrics(ref, ref, labels)
         metric = "top1" if labels is not None else "top1_agreement"
     tasks = []
@@ -147,7 +147,9 @@ def run_sensitivity(
         from concurrent.futures import ProcessPoolExecutor
 
         state.update(
-            model_bytes=graph.model.SerializeToString(), input_shapes=graph.input_shapes, exclude=list(exclude)
+            model_bytes=materialise(graph.model, graph.consts).SerializeToString(),
+            input_shapes=graph.input_shapes,
+            exclude=list(exclude),
         )
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(state,)) as ex:
             for res in ex.map(_point, tasks, chunksize=max(1, len(tasks) // (4 * jobs))):

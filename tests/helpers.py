@@ -8,7 +8,7 @@ import onnx
 import onnxprune
 from onnxprune.allocation import restore_emptied
 from onnxprune.load import random_feeds
-from onnxprune.runtime import run_model
+from onnxprune.runtime import make_session, run_model
 
 
 def random_plan(report, seed: int, max_fraction: float = 0.9) -> onnxprune.PruningPlan:
@@ -29,7 +29,10 @@ def prune_with(model, plan, **kw):
     return onnxprune.prune(model, plan=plan, **kw)
 
 
-def outputs(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
+def outputs(model, feeds) -> list[np.ndarray]:
+    """A ModelProto's or a loaded Graph's outputs (a Graph's large weights are its arrays)."""
+    if hasattr(model, "consts"):
+        return run_model(make_session(model.model, arrays=model.consts), feeds)
     return run_model(model, feeds)
 
 

@@ -151,7 +151,7 @@ def test_recalibration_matches_folded_layer_statistics_to_the_original(trained_m
     keep = Keep(analysis, PruningPlan.from_json(rep.plan))
     outs = {n.name: n.output[0] for n in graph.model.graph.node if n.name in changed}
     b = batches(data, graph)
-    orig = moments(graph.model, {o: 1 for o in outs.values()}, b)
+    orig = moments(graph.model, {o: 1 for o in outs.values()}, b, arrays=graph.consts)
     now = moments(pruned, {o: 1 for o in outs.values()}, b)
     for out in list(outs.values())[:8]:
         labels = analysis.expected.get(out)

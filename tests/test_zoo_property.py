@@ -127,10 +127,10 @@ def test_torch_evaluation_matches_onnxruntime(zoo_dir, name, exporter):
 
     path, rep = exported(zoo_dir, name, exporter)
     g = rep.graph
-    feeds = feeds_for(g.model)
+    feeds = feeds_for(g)
     with torch.no_grad():
         got, _ = TorchGraph(g.model, g.consts).run(feeds)
-    for a, b in zip(outputs(g.model, feeds), got):
+    for a, b in zip(outputs(g, feeds), got):
         scale = max(1.0, float(np.abs(a).max()))
         assert float(np.abs(a - b.numpy()).max()) <= 1e-4 * scale
 

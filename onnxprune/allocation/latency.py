@@ -33,6 +33,7 @@ from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
 from ..progress import bar as progress_bar
+from ..runtime import materialise
 from ..save import save_json, save_model
 from .uniform import kept_count, plan_from_counts
 
@@ -65,7 +66,7 @@ def _time_variants(
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-lat-") as tmp:
         paths = [os.path.join(tmp, "original.onnx")]
-        save_model(graph.model, paths[0])
+        save_model(materialise(graph.model, graph.consts), paths[0])
         for k, plan in enumerate(plans):
             paths.append(os.path.join(tmp, f"v{k}.onnx"))
             save_model(rewrite(graph, analysis, plan), paths[-1])

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from ..data import open_data
 from ..errors import OnnxPruneError
 from ..progress import bar as progress_bar
-from ..runtime import session_with_outputs
+from ..runtime import is_in_memory_stub, materialise, session_with_outputs
 from ..torch_eval import TorchGraph
 
 #: inputs that hold learnable parameters, per op type
@@ -117,7 +117,7 @@ def held_out_kl(graph, teacher_session, data, temperature: float = 1.0, head: He
     import torch
 
     head = head or distill_head(graph.model)
-    sess = session_with_outputs(graph.model, [head.tensor])
+    sess = session_with_outputs(graph.model, [head.tensor], graph.consts)
     total, n = 0.0, 0
     for feeds, _ in open_data(data, graph):
         s = torch.from_numpy(np.asarray(sess.run([head.tensor], feeds)[0]))
@@ -200,6 +200,7 @@ def finetune(
             line += f", held-out KL {entry['held_out_kl']:.4f}"
         log(line + f", {entry['seconds']:.1f} s")
         result.epochs.append(entry)
+    result.model = materialise(student_graph.model, student_graph.consts)  # self-contained, to be saved
     return result
 
 
@@ -211,5 +212,5 @@ def _write_back(graph, tg, names) -> None:
         if not np.all(np.isfinite(arr)):
             raise OnnxPruneError(f"fine-tuning diverged (non-finite weights in '{n}'): lower --lr")
         graph.consts[n] = arr
-        if n in inits:
+        if n in inits and not is_in_memory_stub(inits[n]):  # a stub takes its value from graph.consts
             inits[n].CopyFrom(numpy_helper.from_array(arr, n))
