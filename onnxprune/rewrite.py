@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
@@ -18,7 +18,7 @@ from .groups.actions import Action
 from .groups.rules.control import implicit_reads
 from .load import Graph, infer_shapes
 from .plan import Keep, PruningPlan, emptied
-from .protosize import skeleton, with_initializers
+from .protosize import add_tensor, skeleton, with_initializers
 from .runtime import is_in_memory_stub
 
 
@@ -182,12 +182,12 @@ def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
     for t in ed.graph.model.graph.initializer:
         if t.name in used and t.name not in ed.new_inits:
             if is_in_memory_stub(t):  # held as an array by the loaded graph: the pruned model is self-contained
-                g.initializer.append(numpy_helper.from_array(np.asarray(ed.graph.consts[t.name]), t.name))
+                add_tensor(g.initializer, ed.graph.consts[t.name], t.name)
             else:
                 g.initializer.append(t)  # protobuf copies it in
     for name, arr in ed.new_inits.items():
         if name in used:
-            g.initializer.append(numpy_helper.from_array(arr, name))
+            add_tensor(g.initializer, arr, name)
     del g.value_info[:]  # stale shapes: the pruned model is re-inferred
 
 

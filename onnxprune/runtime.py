@@ -9,7 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .protosize import with_initializers
+from .protosize import add_tensor, with_initializers
 
 
 def make_session(
@@ -115,12 +115,13 @@ def materialise(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> onn
     stubs = [t for t in model.graph.initializer if is_in_memory_stub(t)]
     if not stubs:
         return model
-    inits = [
-        numpy_helper.from_array(np.asarray(arrays[t.name]), t.name) if is_in_memory_stub(t) else t
-        for t in model.graph.initializer
-    ]
     out = onnx.ModelProto()
-    out.CopyFrom(with_initializers(model, inits))
+    out.CopyFrom(with_initializers(model, []))
+    for t in model.graph.initializer:
+        if is_in_memory_stub(t):
+            add_tensor(out.graph.initializer, arrays[t.name], t.name)
+        else:
+            out.graph.initializer.append(t)
     for field in ("doc_string", "model_version", "domain", "producer_version"):
         setattr(out, field, getattr(model, field))
     out.metadata_props.extend(model.metadata_props)
