@@ -18,7 +18,7 @@ from .errors import OnnxPruneError, VerificationError
 from .evaluation import evaluate as _evaluate
 from .evaluation import evaluate_task
 from .groups import analyse
-from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_model
+from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_arrays, read_model
 from .options import PruneOptions, resolve
 from .plan import PruningPlan
 from .recovery import Recovery, RecoveryOptions, run_recovery
@@ -37,9 +37,9 @@ def load(model, input_shapes=None) -> Graph:
         return model if not input_shapes else build_graph(model.materialised(), input_shapes)
     if isinstance(model, onnx.ModelProto):
         return build_graph(model, input_shapes or {})  # normalised on a copy: the caller's stays as it is
-    # read here from a file: normalised in place, external data read straight into arrays
-    base = os.path.dirname(os.path.abspath(os.fspath(model)))
-    return build_graph(read_model(model, external=False), input_shapes or {}, owned=True, base_dir=base)
+    # read here from a file: its weights become arrays as they are read, the model is normalised in place
+    light, arrays = read_arrays(model)
+    return build_graph(light, input_shapes or {}, owned=True, arrays=arrays)
 
 
 def _group_macs(analysis, counts) -> None:

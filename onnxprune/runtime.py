@@ -116,15 +116,13 @@ def materialise(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> onn
     if not stubs:
         return model
     out = onnx.ModelProto()
-    out.CopyFrom(with_initializers(model, []))
+    out.CopyFrom(model)  # every field as it is; the stubs are small
+    del out.graph.initializer[:]
     for t in model.graph.initializer:
         if is_in_memory_stub(t):
             add_tensor(out.graph.initializer, arrays[t.name], t.name)
         else:
             out.graph.initializer.append(t)
-    for field in ("doc_string", "model_version", "domain", "producer_version"):
-        setattr(out, field, getattr(model, field))
-    out.metadata_props.extend(model.metadata_props)
     return out
 
 
