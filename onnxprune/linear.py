@@ -148,21 +148,29 @@ def positions(layer: Layer, out_shape: tuple[int, ...], m: int, rng: np.random.G
     return rng.integers(0, rows, m)
 
 
-def outputs_at(layer: Layer, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """(m, O) output values at ``pos``."""
+def outputs_at(layer: Layer, y: np.ndarray, pos: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
+    """(m, O) output values at ``pos``, only ``channels`` of them where given (gathered at once: a
+    recogniser's 18,385-way head made the full rows, then the channel subset, cost more than its pass)."""
+    if channels is not None and len(channels) == y.shape[1 if layer.op_type == "Conv" else -1]:
+        channels = None
     if layer.op_type == "Conv":
-        return y[pos[:, 0], :, pos[:, 1], pos[:, 2]]
-    return y.reshape(-1, y.shape[-1])[pos]
+        if channels is None:
+            return y[pos[:, 0], :, pos[:, 1], pos[:, 2]]
+        return y[pos[:, 0, None], channels[None, :], pos[:, 1, None], pos[:, 2, None]]
+    flat = y.reshape(-1, y.shape[-1])
+    return flat[pos] if channels is None else flat[pos[:, None], channels[None, :]]
 
 
-def patches(layer: Layer, node: onnx.NodeProto, x: np.ndarray, pos: np.ndarray, k_shape) -> np.ndarray:
-    """(m, G, K) float64 inputs read by the outputs at ``pos``, in the order of ``to_mats``' K axis.
+def patches(
+    layer: Layer, node: onnx.NodeProto, x: np.ndarray, pos: np.ndarray, k_shape, dtype=np.float64
+) -> np.ndarray:
+    """(m, G, K) inputs read by the outputs at ``pos`` (as ``dtype``), in the order of ``to_mats``' K axis.
 
     Only the sampled windows are gathered: a 1x1 Conv reads one pixel per output, a kxk one a window of
     a strided view (taps in the zero padding read as 0). Padding and converting the whole activation
     tensor, or indexing it element by element, cost more than the least squares themselves."""
     if layer.op_type != "Conv":
-        return np.asarray(x.reshape(-1, x.shape[-1])[pos], dtype=np.float64)[:, None, :]
+        return np.asarray(x.reshape(-1, x.shape[-1])[pos], dtype=dtype)[:, None, :]
     h, w = x.shape[2:]
     kh, kw = k_shape
     pads = list(attr(node, "pads", [0, 0, 0, 0]))
@@ -170,13 +178,13 @@ def patches(layer: Layer, node: onnx.NodeProto, x: np.ndarray, pos: np.ndarray, 
     dh, dw = attr(node, "dilations", [1, 1])
     if kh == kw == 1 and not any(pads):
         p = x[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw]  # m x C
-        return np.asarray(p, dtype=np.float64).reshape(len(pos), layer.groups, -1)
+        return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)
     if any(pads):
         x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))  # N C H' W' sh sw
     p = windows[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw][..., ::dh, ::dw]  # m x C x kh x kw
-    return np.asarray(p, dtype=np.float64).reshape(len(pos), layer.groups, -1)
+    return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)
 
 
 def channel_stats_axes(layer_or_op: str, ndim: int) -> tuple[int, ...]:

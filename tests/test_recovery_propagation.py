@@ -17,9 +17,9 @@ from test_cli import run
 import onnxprune
 from onnxprune.linear import from_mats, patches, set_weight, to_mats
 from onnxprune.recovery import Recovery, load_batches, reconstruct
-from onnxprune.recovery.passes import stream, waves
+from onnxprune.recovery.passes import _row_bytes, stream, waves
 from onnxprune.recovery.propagate import Propagation
-from onnxprune.recovery.reconstruct import _out_channels, bias_vector, sample_targets
+from onnxprune.recovery.reconstruct import TargetSampler, _out_channels, bias_vector, refittable, sample_targets
 
 CALIB = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_train_256.npz")
 
@@ -35,7 +35,7 @@ def sequential_refit(rec: Recovery, batches, samples: int, ridge: float, seed: i
         weights = {lay.node: numpy_helper.to_array(rec.inits[lay.weight]).astype(np.float64) for lay in wave_layers}
         acc: dict = {}
 
-        def fit(b, arrs, wave_layers=wave_layers, weights=weights, acc=acc):
+        def fit(b, arrs, rows=None, wave_layers=wave_layers, weights=weights, acc=acc):
             for lay in wave_layers:
                 node = rec.nodes[lay.node]
                 p = patches(
@@ -134,3 +134,65 @@ def test_memory_budget_flag_spills_without_changing_the_result(trained_models, t
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     rc, _, err = run("prune", src, "-o", str(tmp_path / "x.onnx"), "--calib", CALIB, "--memory-budget", "4Q")
     assert rc == 2 and "4G" in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_original_pass_run_a_few_rows_at_a_time_samples_what_whole_batches_sample(trained_models):
+    """Past the batch budget the original runs a few rows of each batch at a time with every target
+    read at once (one pass, not one per group of outputs); positions are drawn per whole batch, so the
+    sampled targets are the same."""
+    rep, plan, pruned, batches = _setup(os.path.join(trained_models, "resnet20.onnx"))
+    rec = Recovery(rep.graph, rep.analysis, plan, pruned)
+    layers = refittable(rec)
+    whole = TargetSampler(rec, layers, len(batches), 2048, 0)
+    stream(rec.original.model, whole.names, batches, rec.original.shapes, whole, arrays=rec.original.consts)
+    parts = TargetSampler(rec, layers, len(batches), 2048, 0)
+    calls = []
+
+    def spy(b, arrs, rows):
+        calls.append((b, rows, len(arrs)))
+        parts(b, arrs, rows)
+
+    per_row = sum(_row_bytes(rec.original.shapes[n]) for n in parts.names)
+    stream(rec.original.model, parts.names, batches, rec.original.shapes, spy, 5 * per_row, rec.original.consts)
+    assert {rows[1] - rows[0] for _, rows, _ in calls} >= {5} and {k for *_, k in calls} == {len(parts.names)}
+    assert len(calls) == sum(-(-len(next(iter(f.values()))) // 5) for f, _ in batches)  # one pass
+    for lay in layers:
+        for pa, pb in zip(whole.pos[lay.node], parts.pos[lay.node], strict=True):
+            np.testing.assert_array_equal(pa, pb)
+        for ta, tb in zip(whole.targets[lay.node], parts.targets[lay.node], strict=True):
+            np.testing.assert_allclose(tb, ta, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ta).max())))
+
+
+def test_tensors_not_batch_major_are_split_by_name_not_by_rows():
+    """A time-major (T, N, C) output cannot be taken apart by rows: the pass falls back to whole batches."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4, 3])
+    z = onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [4, "n", 3])
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    nodes = [
+        onnx.helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+        onnx.helper.make_node("MatMul", ["t", "w"], ["z"]),
+    ]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "g", [x], [z], [w]), opset_imports=[onnx.helper.make_opsetid("", 17)]
+    )
+    batches = [({"x": np.random.default_rng(0).standard_normal((8, 4, 3)).astype(np.float32)}, None)]
+    seen = []
+    stream(
+        model, ["z"], batches, {"z": (4, 1, 3)}, lambda b, arrs, rows: seen.append((rows, arrs["z"].shape)), budget=24
+    )
+    assert seen == [((0, 8, 8), (4, 8, 3))]
+
+
+def test_channel_statistics_keep_float64_accuracy_for_nearly_constant_channels():
+    """Recalibration scales each channel by the ratio of two standard deviations: a channel whose spread
+    is 0.3% of its mean loses its variance to cancellation if squares are summed in float32 (1e-2
+    relative error measured), so the sums must stay float64-accurate."""
+    from onnxprune.recovery.propagate import add_channel_sums, mean_var
+
+    rng = np.random.default_rng(0)
+    x = (3 + 0.01 * rng.standard_normal((8, 16, 40, 40))).astype(np.float32)
+    acc = add_channel_sums(add_channel_sums(None, x[:4], 1), x[4:], 1)
+    mean, var = mean_var(acc)
+    want = x.astype(np.float64).var(axis=(0, 2, 3))
+    np.testing.assert_allclose(var, want, rtol=1e-6)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-9)

@@ -46,7 +46,7 @@ class ChannelSums:
         self.names = sorted(axes)
         self.acc: dict[str, list] = {}
 
-    def __call__(self, b: int, arrs: dict) -> None:
+    def __call__(self, b: int, arrs: dict, rows=None) -> None:
         for name, arr in arrs.items():
             if name in self.axes:
                 self.acc[name] = add_channel_sums(self.acc.get(name), arr, self.axes[name])

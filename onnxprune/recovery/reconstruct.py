@@ -39,17 +39,42 @@ class TargetSampler:
         self.outs = {lay.node: rec.orig_nodes[lay.node].output[0] for lay in layers}
         self.names = sorted(set(self.outs.values()))
         self._kept: dict[str, np.ndarray] = {}
+        self._open: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # a batch whose rows are still coming
 
-    def __call__(self, b: int, arrs: dict) -> None:
+    def __call__(self, b: int, arrs: dict, rows=None) -> None:
+        """One batch, or rows ``(start, stop, batch_rows)`` of it: positions are drawn over the whole
+        batch when its first rows arrive, so a batch run a few rows at a time samples what it would
+        have sampled whole. Targets are kept in float32, the precision the normal equations use."""
         for k, lay in enumerate(self.layers):
             if self.outs[lay.node] not in arrs:  # read in another chunk of the same pass (``stream``)
                 continue
             y = np.asarray(arrs[self.outs[lay.node]])
-            p = positions(lay, y.shape, self.per_batch, np.random.default_rng([self.seed, k, b]))
+            r0, r1, n = rows or (0, len(y), len(y))
             if lay.node not in self._kept:
                 self._kept[lay.node] = self.rec.kept(self.outs[lay.node], lay.channel_axis, y.shape[lay.channel_axis])
-            self.pos[lay.node].append(p)
-            self.targets[lay.node].append(outputs_at(lay, y, p)[:, self._kept[lay.node]].astype(np.float64))
+            kept = self._kept[lay.node]
+            if r0 == 0:
+                p = positions(lay, (n, *y.shape[1:]), self.per_batch, np.random.default_rng([self.seed, k, b]))
+                if r1 == n:  # the whole batch at once
+                    self.pos[lay.node].append(p)
+                    self.targets[lay.node].append(outputs_at(lay, y, p, kept).astype(np.float32, copy=False))
+                    continue
+                self._open[lay.node] = (p, np.empty((len(p), len(kept)), np.float32))
+            p, t = self._open[lay.node]
+            # the positions in these rows, shifted to them (a dense layer's positions are flat rows)
+            per_row = 1 if lay.op_type == "Conv" else int(np.prod(y.shape[1:-1], dtype=np.int64))
+            first = p[:, 0] if lay.op_type == "Conv" else p // per_row
+            sel = (first >= r0) & (first < r1)
+            local = p[sel].copy()
+            if lay.op_type == "Conv":
+                local[:, 0] -= r0
+            else:
+                local -= r0 * per_row
+            t[sel] = outputs_at(lay, y, local, kept)
+            if r1 == n:
+                self.pos[lay.node].append(p)
+                self.targets[lay.node].append(t)
+                del self._open[lay.node]
 
 
 def sample_targets(rec: Recovery, layers: list[Layer], batches, samples: int, seed: int):
@@ -85,13 +110,12 @@ def fit_layer(rec: Recovery, lay: Layer, inputs, pos: list, targets: list, ridge
 
 def _normal_equations(lay: Layer, node, x: np.ndarray, pos, w_shape, target: np.ndarray):
     """One batch's X'X and X'Y per group, the intercept column included where the layer has a bias."""
-    p = patches(lay, node, x, pos, w_shape[2:])
-    if lay.op_type != "MatMul":  # intercept column: the bias is refitted too
-        p = np.concatenate([p, np.ones(p.shape[:2] + (1,))], axis=2)
     # one batch's products in float32 (a few hundred rows: relative error ~1e-6), summed over batches in
     # float64 by the caller; float64 products took a third of the recovery time
-    p32 = p.astype(np.float32)
-    y = target.reshape(len(p), lay.groups, -1).astype(np.float32)
+    p32 = patches(lay, node, x, pos, w_shape[2:], np.float32)
+    if lay.op_type != "MatMul":  # intercept column: the bias is refitted too
+        p32 = np.concatenate([p32, np.ones(p32.shape[:2] + (1,), np.float32)], axis=2)
+    y = target.reshape(len(p32), lay.groups, -1).astype(np.float32)
     pt = p32.transpose(1, 2, 0)
     return (pt @ p32.transpose(1, 0, 2)).astype(np.float64), (pt @ y.transpose(1, 0, 2)).astype(np.float64)
 

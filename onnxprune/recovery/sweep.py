@@ -63,9 +63,9 @@ def recover_layers(
     sums = output_sums(rec, restd)
     names = sorted(set(sampler.names) | set(sums.names))
 
-    def collect(b: int, arrs: dict) -> None:
-        sampler(b, arrs)
-        sums(b, arrs)
+    def collect(b: int, arrs: dict, rows) -> None:
+        sampler(b, arrs, rows)
+        sums(b, arrs, rows)
 
     stream(rec.original.model, names, batches, rec.original.shapes, collect, arrays=rec.original.consts)
     orig_moments = sums.moments()
