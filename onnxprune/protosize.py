@@ -51,16 +51,20 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             and t.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
         )
     ]
-    if not big:
-        light.CopyFrom(model)
-        return light
-    names = {t.name for t in big}
-    light.CopyFrom(with_initializers(model, [t for t in model.graph.initializer if t.name not in names]))
-    existing = {i.name for i in light.graph.input}
-    for t in big:
-        if t.name not in existing:
-            light.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    light.CopyFrom(as_inputs(model, big) if big else model)
     return light
+
+
+def as_inputs(model: onnx.ModelProto, tensors) -> onnx.ModelProto:
+    """``model`` with the initializers ``tensors`` turned into typed graph inputs (after its own); the
+    rest is shared, not copied, as in ``with_initializers``."""
+    names = {t.name for t in tensors}
+    out = with_initializers(model, [t for t in model.graph.initializer if t.name not in names])
+    declared = {i.name for i in model.graph.input}
+    out.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in tensors if t.name not in declared
+    )
+    return out
 
 
 def add_tensor(initializers, arr: np.ndarray, name: str) -> None:

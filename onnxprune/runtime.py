@@ -9,7 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .protosize import add_tensor, with_initializers
+from .protosize import add_tensor, as_inputs, with_initializers
 
 
 def make_session(
@@ -44,9 +44,11 @@ def make_session(
             return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         light, names, values = _without_weights(model, outputs, arrays or {})
         if names and not optimize:
+            fed = set(names)
+            stubs = [t for t in light.graph.initializer if t.name in fed]
             return WeightsFed(
                 ort.InferenceSession(
-                    _as_inputs(light, names).SerializeToString(), so, providers=["CPUExecutionProvider"]
+                    as_inputs(light, stubs).SerializeToString(), so, providers=["CPUExecutionProvider"]
                 ),
                 dict(zip(names, values)),
             )
@@ -76,20 +78,6 @@ class WeightsFed:
         return self.session.get_outputs()
 
 
-def _as_inputs(light: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """``light`` with the in-memory stubs ``names`` turned into typed graph inputs."""
-    stubs = {t.name: t for t in light.graph.initializer if t.name in set(names)}
-    out = with_initializers(light, [t for t in light.graph.initializer if t.name not in stubs])
-    declared = {i.name for i in light.graph.input}
-    inputs = [i for i in light.graph.input]
-    inputs += [
-        helper.make_tensor_value_info(n, t.data_type, list(t.dims)) for n, t in stubs.items() if n not in declared
-    ]
-    del out.graph.input[:]
-    out.graph.input.extend(inputs)
-    return out
-
-
 IN_MEMORY_MIN_BYTES = 1 << 16
 IN_MEMORY = "onnxprune-in-memory"  # external-data location of a stub whose values are held as an array
 
@@ -112,8 +100,7 @@ def is_in_memory_stub(t: onnx.TensorProto) -> bool:
 def materialise(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of ``model`` whose in-memory stubs hold their values again (for saving, or for a caller
     that wants a self-contained ModelProto); the model itself when it has none."""
-    stubs = [t for t in model.graph.initializer if is_in_memory_stub(t)]
-    if not stubs:
+    if not any(is_in_memory_stub(t) for t in model.graph.initializer):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)  # every field as it is; the stubs are small

@@ -15,8 +15,7 @@ from .groups import Analysis
 from .groups.rules._util import attr
 from .load import Graph, elem_types, random_feeds
 from .plan import Keep, PruningPlan
-from .protosize import with_initializers
-from .runtime import IN_MEMORY_MIN_BYTES, in_memory_stub, is_in_memory_stub, make_session, run_model
+from .runtime import is_in_memory_stub, make_session, run_model
 from .torch_eval import TorchGraph
 
 # float32 bound: a correct rewrite of a shallow model stays far below it, and the check ends there
@@ -72,15 +71,12 @@ class VerifyResult:
 def masked_reference(graph: Graph, analysis: Analysis, plan: PruningPlan) -> tuple[onnx.ModelProto, int]:
     """The original model with removed channels zeroed (Where) in front of every consumption.
 
-    Its large initializers are in-memory stubs whose values are ``graph.consts`` (``make_session(...,
-    arrays=graph.consts)``): a full copy of the weights would double the peak memory of every prune."""
+    Its large initializers stay the loaded graph's in-memory stubs, whose values are ``graph.consts``
+    (``make_session(..., arrays=graph.consts)``): a full copy of the weights would double the peak
+    memory of every prune."""
     keep = Keep(analysis, plan)
-    inits = [
-        in_memory_stub(t) if t.name in graph.consts and graph.consts[t.name].nbytes >= IN_MEMORY_MIN_BYTES else t
-        for t in graph.model.graph.initializer
-    ]
     model = onnx.ModelProto()
-    model.CopyFrom(with_initializers(graph.model, inits))
+    model.CopyFrom(graph.model)
     g = model.graph
     dtypes = elem_types(model)
     inserts: dict[str, list[onnx.NodeProto]] = {}
