@@ -18,11 +18,14 @@ def make_session(
     threads: int = 0,
     outputs=(),
     arrays: Mapping[str, np.ndarray] | None = None,
+    shared_arena: bool = False,
 ):
     """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers);
     ``outputs``: intermediate tensors the session also returns; ``arrays``: values of initializers
     already held as arrays (a loaded graph's ``consts``), used as they are instead of converted again
-    (the model may then carry them as in-memory stubs, see ``IN_MEMORY``).
+    (the model may then carry them as in-memory stubs, see ``IN_MEMORY``); ``shared_arena``: the session
+    takes its working memory from one process-wide arena (``_register_shared_arena``), for the many
+    short-lived sessions of recovery's propagation.
 
     Without optimisation (the run check, verification) the large weights become graph inputs fed on
     every run (``WeightsFed``): onnxruntime copies initializers it is given, even through
@@ -35,6 +38,9 @@ def make_session(
     so.log_severity_level = 4  # ORT prints failures to stderr itself; ours is the one-line message
     if threads:
         so.intra_op_num_threads = threads
+    if shared_arena:
+        _register_shared_arena()
+        so.add_session_config_entry("session.use_env_allocators", "1")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif optimize == "extended":
@@ -59,6 +65,31 @@ def make_session(
         raise
     except Exception as e:
         raise OnnxPruneError(f"onnxruntime cannot load the model: {str(e).splitlines()[0][:300]}") from None
+
+
+_SHARED_ARENA: list[bool] = []
+
+
+def _register_shared_arena() -> None:
+    """Registers, once per process, a CPU arena allocator in onnxruntime's environment.
+
+    Why: every session has its own arena, freed with it; recovery's propagation builds one session per
+    segment (resnet50: 53 per propagation), each of which took fresh pages from the kernel for its
+    working buffers (the NCHWc copies of its inputs and outputs). Sharing one arena, which keeps its
+    memory between sessions, measured 7.5 -> 4.8 s for resnet50's 53 segments over 256 images (system
+    time 8.6 -> 3.7 s). The arena grows to the largest segment's working set (extended by what is
+    asked, not to the next power of two) and is held until the process ends."""
+    if _SHARED_ARENA:
+        return
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    try:
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+    except Exception as e:  # already registered by the host application: use it as it is
+        if "already" not in str(e).lower():
+            raise
+    _SHARED_ARENA.append(True)
 
 
 class WeightsFed:
@@ -154,9 +185,13 @@ def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
         raise OnnxPruneError(f"onnxruntime failed to run the model: {str(e).splitlines()[0][:300]}") from None
 
 
-def session_with_outputs(model: onnx.ModelProto, names, arrays: Mapping[str, np.ndarray] | None = None):
+def session_with_outputs(
+    model: onnx.ModelProto, names, arrays: Mapping[str, np.ndarray] | None = None, shared_arena: bool = False
+):
     """A session that also returns the intermediate tensors ``names`` (for activation statistics)."""
-    return make_session(model, optimize=intermediate_optimization(), outputs=names, arrays=arrays)
+    return make_session(
+        model, optimize=intermediate_optimization(), outputs=names, arrays=arrays, shared_arena=shared_arena
+    )
 
 
 def intermediate_optimization() -> bool | str:

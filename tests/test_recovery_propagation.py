@@ -183,16 +183,23 @@ def test_tensors_not_batch_major_are_split_by_name_not_by_rows():
     assert seen == [((0, 8, 8), (4, 8, 3))]
 
 
-def test_channel_statistics_keep_float64_accuracy_for_nearly_constant_channels():
+@pytest.mark.parametrize("shape,axis", [((8, 16, 40, 40), 1), ((6, 50, 12), -1), ((64, 12), 1), ((12,), 0)])
+def test_channel_statistics_keep_float64_accuracy_for_nearly_constant_channels(shape, axis):
     """Recalibration scales each channel by the ratio of two standard deviations: a channel whose spread
     is 0.3% of its mean loses its variance to cancellation if squares are summed in float32 (1e-2
     relative error measured), so the sums must stay float64-accurate."""
     from onnxprune.recovery.propagate import add_channel_sums, mean_var
 
     rng = np.random.default_rng(0)
-    x = (3 + 0.01 * rng.standard_normal((8, 16, 40, 40))).astype(np.float32)
-    acc = add_channel_sums(add_channel_sums(None, x[:4], 1), x[4:], 1)
+    x = (3 + 0.01 * rng.standard_normal(shape)).astype(np.float32)
+    x[..., 1] += 0.5  # channels (or positions) whose mean differs from the first chunk's
+    others = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    if x.ndim == 1:  # one chunk per call: each value is one sample of its channel
+        acc = add_channel_sums(add_channel_sums(None, x, axis), 2 * x, axis)
+        want_mean, want_var = 1.5 * x.astype(np.float64), 0.25 * x.astype(np.float64) ** 2
+    else:
+        acc = add_channel_sums(add_channel_sums(None, x[: len(x) // 2], axis), x[len(x) // 2 :], axis)
+        want_mean, want_var = x.astype(np.float64).mean(axis=others), x.astype(np.float64).var(axis=others)
     mean, var = mean_var(acc)
-    want = x.astype(np.float64).var(axis=(0, 2, 3))
-    np.testing.assert_allclose(var, want, rtol=1e-6)
-    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(var, want_var, rtol=1e-6)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-9)

@@ -163,7 +163,7 @@ def stream(
         size += est[name] * n
     chunks.append(cur)
     for chunk in chunks:
-        sess = session_with_outputs(model, chunk, arrays)
+        sess = session_with_outputs(model, chunk, arrays, shared_arena=True)
         for b, (feeds, _) in enumerate(batches):
             rows_b = len(next(iter(feeds.values())))
             fn(b, dict(zip(chunk, sess.run(chunk, feeds))), (0, rows_b, rows_b))
@@ -194,7 +194,7 @@ def _stream_rows(model: onnx.ModelProto, names: list[str], batches, shapes: dict
         sizes.append(lengths.pop())
     if sizes[0] < 2:
         return False
-    sess = session_with_outputs(model, names, arrays)
+    sess = session_with_outputs(model, names, arrays, shared_arena=True)
     probe = min(2, sizes[0] - 1)  # two rows: a time-major (1, N, C) tensor then shows as (1, 2, C)
     outs = sess.run(names, {k: v[:probe] for k, v in batches[0][0].items()})
     if not all(_follows_rows(o, probe, shapes.get(name)) for name, o in zip(names, outs)):

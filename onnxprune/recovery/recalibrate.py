@@ -95,6 +95,11 @@ def restandardise(rec: Recovery, lay: Layer, prop: Propagation, orig: dict) -> b
 
 
 def _affine(y: np.ndarray, s: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:
+    """``y * s + t`` per channel, in place and in ``y``'s precision: the frontier holds whole activations
+    of the calibration set (a float64 product cost resnet50's recalibration 7 s of 48)."""
     shape = [1] * y.ndim
     shape[axis % y.ndim] = len(s)
-    return (y * s.reshape(shape) + t.reshape(shape)).astype(y.dtype)
+    y = y if y.flags.writeable else y.copy()
+    y *= s.astype(y.dtype).reshape(shape)
+    y += t.astype(y.dtype).reshape(shape)
+    return y
