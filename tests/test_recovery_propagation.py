@@ -183,13 +183,16 @@ def test_tensors_not_batch_major_are_split_by_name_not_by_rows():
     assert seen == [((0, 8, 8), (4, 8, 3))]
 
 
+@pytest.mark.parametrize("block_bytes", [8 << 20, 1])
 @pytest.mark.parametrize("shape,axis", [((8, 16, 40, 40), 1), ((6, 50, 12), -1), ((64, 12), 1), ((12,), 0)])
-def test_channel_statistics_keep_float64_accuracy_for_nearly_constant_channels(shape, axis):
+def test_channel_statistics_keep_float64_accuracy_for_nearly_constant_channels(shape, axis, block_bytes, monkeypatch):
     """Recalibration scales each channel by the ratio of two standard deviations: a channel whose spread
     is 0.3% of its mean loses its variance to cancellation if squares are summed in float32 (1e-2
     relative error measured), so the sums must stay float64-accurate."""
+    from onnxprune.recovery import propagate
     from onnxprune.recovery.propagate import add_channel_sums, mean_var
 
+    monkeypatch.setattr(propagate, "_BLOCK_BYTES", block_bytes)  # 1: one row per block
     rng = np.random.default_rng(0)
     x = (3 + 0.01 * rng.standard_normal(shape)).astype(np.float32)
     x[..., 1] += 0.5  # channels (or positions) whose mean differs from the first chunk's
