@@ -140,12 +140,17 @@ def set_weight(layer: Layer, model: onnx.ModelProto, inits: dict, w: np.ndarray,
 
 
 def positions(layer: Layer, out_shape: tuple[int, ...], m: int, rng: np.random.Generator) -> np.ndarray:
-    """Sample positions: (n, h, w) rows for a Conv, flat row indices for a dense layer."""
+    """Sample positions: (n, h, w) rows for a Conv, flat row indices for a dense layer. Where the batch
+    has no more than ``m`` positions (a classifier's Gemm: one per image) each is taken once: drawn with
+    replacement they would repeat (vgg11's 4,609-wide normal equations built from 16x the rows the data
+    has) and weigh the rows unevenly, at random."""
     if layer.op_type == "Conv":
         n, _, h, w = out_shape
+        if n * h * w <= m:
+            return np.stack(np.unravel_index(np.arange(n * h * w), (n, h, w)), 1)
         return np.stack([rng.integers(0, n, m), rng.integers(0, h, m), rng.integers(0, w, m)], 1)
     rows = int(np.prod(out_shape[:-1]))
-    return rng.integers(0, rows, m)
+    return np.arange(rows) if rows <= m else rng.integers(0, rows, m)
 
 
 def outputs_at(layer: Layer, y: np.ndarray, pos: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
