@@ -206,3 +206,17 @@ def test_channel_statistics_keep_float64_accuracy_for_nearly_constant_channels(s
     mean, var = mean_var(acc)
     np.testing.assert_allclose(var, want_var, rtol=1e-6)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-9)
+
+
+def test_a_layer_with_fewer_positions_than_the_sample_takes_each_once():
+    """Drawn with replacement, a classifier's 64 rows would each appear ~16 times in a 1,024 sample,
+    at random weights; taken once each, the normal equations are those of the data."""
+    from onnxprune.linear import Layer, positions
+
+    rng = np.random.default_rng(0)
+    dense = Layer(node="g", op_type="Gemm", weight="w", bias=None, groups=1, trans_b=True)
+    assert sorted(positions(dense, (64, 10), 1024, rng).tolist()) == list(range(64))
+    assert len(np.unique(positions(dense, (4096, 10), 1024, rng))) < 1024  # larger: sampled
+    conv = Layer(node="c", op_type="Conv", weight="w", bias=None, groups=1)
+    p = positions(conv, (2, 8, 3, 4), 1024, rng)
+    assert sorted(map(tuple, p.tolist())) == [(n, h, w) for n in range(2) for h in range(3) for w in range(4)]
