@@ -76,8 +76,8 @@ def _register_shared_arena() -> None:
     Why: every session has its own arena, freed with it; recovery's propagation builds one session per
     segment (resnet50: 53 per propagation), each of which took fresh pages from the kernel for its
     working buffers (the NCHWc copies of its inputs and outputs). Sharing one arena, which keeps its
-    memory between sessions, measured 7.5 -> 4.8 s for resnet50's 53 segments over 256 images (system
-    time 8.6 -> 3.7 s). The arena grows to the largest segment's working set (extended by what is
+    memory between sessions, measured 7.5 -> 5.3 s for resnet50's 53 segments over 256 images (system
+    time 8.6 -> 5.1 s). The arena grows to the largest working set asked of it (extended by what is
     asked, not to the next power of two) and is held until the process ends."""
     if _SHARED_ARENA:
         return
