@@ -78,7 +78,7 @@ def _register_shared_arena() -> None:
     working buffers (the NCHWc copies of its inputs and outputs). Sharing one arena, which keeps its
     memory between sessions, measured 7.5 -> 5.3 s for resnet50's 53 segments over 256 images (system
     time 8.6 -> 5.1 s). The arena grows to the largest working set asked of it (extended by what is
-    asked, not to the next power of two) and is held until the process ends."""
+    asked, not to the next power of two); ``release_shared_arena`` hands its free pages back."""
     if _SHARED_ARENA:
         return
     import onnxruntime as ort
@@ -90,6 +90,25 @@ def _register_shared_arena() -> None:
         if "already" not in str(e).lower():
             raise
     _SHARED_ARENA.append(True)
+
+
+def release_shared_arena() -> None:
+    """Hands the shared arena's free pages back to the system. onnxruntime keeps them otherwise until
+    the process ends (measured on the recogniser's prune with reconstruction: 1.35 GB resident after
+    recovery with the arena, 0.61 GB without). The shrink is a run option, so it takes one run of a
+    one-node session on the shared arena."""
+    if not _SHARED_ARENA:
+        return
+    import onnxruntime as ort
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "release", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    make_session(model, shared_arena=True).run(None, {"x": np.zeros(1, np.float32)}, opts)
 
 
 class WeightsFed:
@@ -185,13 +204,9 @@ def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
         raise OnnxPruneError(f"onnxruntime failed to run the model: {str(e).splitlines()[0][:300]}") from None
 
 
-def session_with_outputs(
-    model: onnx.ModelProto, names, arrays: Mapping[str, np.ndarray] | None = None, shared_arena: bool = False
-):
+def session_with_outputs(model: onnx.ModelProto, names, arrays: Mapping[str, np.ndarray] | None = None):
     """A session that also returns the intermediate tensors ``names`` (for activation statistics)."""
-    return make_session(
-        model, optimize=intermediate_optimization(), outputs=names, arrays=arrays, shared_arena=shared_arena
-    )
+    return make_session(model, optimize=intermediate_optimization(), outputs=names, arrays=arrays)
 
 
 def intermediate_optimization() -> bool | str:

@@ -24,9 +24,6 @@ from .propagate import ChannelSums
 
 #: bytes of intermediate tensors one batch may hold when many are read from the original at once
 BATCH_BUDGET = 1 << 30
-#: bytes of them one run returns when batches go a few rows at a time: resnet50's original pass (53
-#: outputs, 256 images at 224x224) took 7.2 s in runs of 1 GB, 5.2 s in runs of 256 MB
-RUN_BYTES = 1 << 28
 
 
 @dataclass
@@ -143,17 +140,16 @@ def stream(
     ``(start, stop, batch_rows)``: the rows of the batch the arrays hold. ``arrays``: the model's
     weights already held as arrays (a loaded graph's ``consts``), given to onnxruntime as they are.
 
-    When one batch of all ``names`` would exceed ``budget`` bytes (or ``RUN_BYTES``), each batch is run a
-    few rows at a time with every name read at once (one pass of the model over the data; resnet50 at 224x224 has
+    When one batch of all ``names`` would exceed ``budget`` bytes, each batch is run a few rows at a
+    time with every name read at once (one pass of the model over the data; resnet50 at 224x224 has
     53 outputs to refit, 1.3 GB a batch of 32); only where the tensors are not batch-major (or a
     single row is over the budget) are the names split over several passes instead."""
     if not names:
         return
     n = len(next(iter(batches[0][0].values()))) if batches else 1
     est = {name: _row_bytes(shapes.get(name) or (1,)) for name in names}
-    run_bytes = min(budget, RUN_BYTES)
-    if sum(est.values()) * n > run_bytes and n > 1 and sum(est.values()) <= budget:
-        rows = max(1, run_bytes // max(sum(est.values()), 1))
+    if sum(est.values()) * n > budget and n > 1 and sum(est.values()) <= budget:
+        rows = max(1, budget // max(sum(est.values()), 1))
         if _stream_rows(model, names, batches, shapes, fn, rows, arrays):
             return
     chunks: list[list[str]] = []
@@ -167,7 +163,7 @@ def stream(
         size += est[name] * n
     chunks.append(cur)
     for chunk in chunks:
-        sess = session_with_outputs(model, chunk, arrays, shared_arena=True)
+        sess = session_with_outputs(model, chunk, arrays)
         for b, (feeds, _) in enumerate(batches):
             rows_b = len(next(iter(feeds.values())))
             fn(b, dict(zip(chunk, sess.run(chunk, feeds))), (0, rows_b, rows_b))
@@ -198,7 +194,7 @@ def _stream_rows(model: onnx.ModelProto, names: list[str], batches, shapes: dict
         sizes.append(lengths.pop())
     if sizes[0] < 2:
         return False
-    sess = session_with_outputs(model, names, arrays, shared_arena=True)
+    sess = session_with_outputs(model, names, arrays)
     probe = min(2, sizes[0] - 1)  # two rows: a time-major (1, N, C) tensor then shows as (1, 2, C)
     outs = sess.run(names, {k: v[:probe] for k, v in batches[0][0].items()})
     if not all(_follows_rows(o, probe, shapes.get(name)) for name, o in zip(names, outs)):

@@ -20,7 +20,7 @@ from onnx import helper
 
 from ..groups.rules.control import implicit_reads
 from ..load import elem_types
-from ..runtime import intermediate_optimization, make_session
+from ..runtime import intermediate_optimization, make_session, release_shared_arena
 
 DEFAULT_BUDGET_FRACTION = 0.4  # of the memory available when recovery starts
 
@@ -246,6 +246,7 @@ class Propagation:
 
     def close(self) -> None:
         self.frontier.clear()
+        release_shared_arena()  # the segments' working buffers
         if self.spill_dir:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
             self.spill_dir = None
