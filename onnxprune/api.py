@@ -21,7 +21,7 @@ from .groups import analyse
 from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_arrays, read_model
 from .options import PruneOptions, resolve
 from .plan import PruningPlan
-from .recovery import Recovery, RecoveryOptions, run_recovery
+from .recovery import STATISTICS_INPUTS, Recovery, RecoveryOptions, run_recovery
 from .recovery.finetune import finetune as _finetune
 from .report import AnalysisReport, PruneReport
 from .rewrite import apply_plan, check_rewrite
@@ -324,6 +324,7 @@ def recover(
     recalibrate: bool = False,
     samples: int = 8192,
     ridge: float = 1e-3,
+    recal_inputs: int | None = STATISTICS_INPUTS,
     input_shapes=None,
     seed: int = 0,
     progress: bool = False,
@@ -342,7 +343,7 @@ def recover(
         raise OnnxPruneError(f"the pruned model does not match this original and plan: {e}") from None
     if data is None:
         raise OnnxPruneError("recovery needs calibration data (--calib)")
-    opts = RecoveryOptions(reconstruct, bias_compensation, recalibrate, samples, ridge)
+    opts = RecoveryOptions(reconstruct, bias_compensation, recalibrate, samples, ridge, recal_inputs=recal_inputs)
     info = run_recovery(Recovery(report.graph, report.analysis, the_plan, model), as_data(data), opts, seed, progress)
     check_rewrite(report.graph, report.analysis, the_plan, model)
     return model, info

@@ -167,6 +167,8 @@ CASES = {
     "--ratio -0.1": (small_model, ["--ratio", "-0.1"], "error"),
     "--target-macs 0.01 (unreachable)": (small_model, ["--target-macs", "0.01"], "error"),
     "--target-macs 1.5": (small_model, ["--target-macs", "1.5"], "error"),
+    "--recal-inputs -1": (small_model, ["--recal-inputs", "-1"], "error"),
+    "--weigh-against latency without --sensitivity": (small_model, ["--weigh-against", "latency"], "error"),
     "unknown criterion": (small_model, ["--criterion", "magic"], "error"),
     "--one-shot with a criterion other than obs": (small_model, ["--criterion", "l2", "--one-shot"], "error"),
     "malformed --input-shape": (small_model, ["--input-shape", "x:1x4xfoo"], "error"),

@@ -213,6 +213,79 @@ def test_sensitivity_to_a_target_spends_it_on_the_measured_cheap_groups(trained_
     assert rc != 0 and "drop the target" in err
 
 
+def test_weighing_against_latency_meets_the_macs_target_with_the_cuts_that_save_time(trained_models, monkeypatch):
+    """Every group loses the same measured drop; a made-up latency table says only the second half of
+    the groups saves time. Weighed against MACs the target is spread by MACs; weighed against latency it
+    is met (the same MACs ceiling) with more of the time-saving groups' channels, and the plan says what
+    the table predicts."""
+    src = os.path.join(trained_models, "resnet20.onnx")
+    report = onnxprune.analyze(src)
+    graph, analysis = report.graph, report.analysis
+    ids = [g.id for g in analysis.groups if g.prunable]
+    fast = set(ids[len(ids) // 2 :])
+    sens = {
+        "format": "onnxprune.sensitivity/1",
+        "groups": [
+            {
+                "id": g,
+                "sources": list(analysis.groups[g].sources),
+                "points": [{"ratio": r, "drop": r} for r in (0.25, 0.5, 0.75)],
+            }
+            for g in ids
+        ],
+    }
+    table = {"original_ms": 10.0, "cached": False, "groups": {}}
+    for g in ids:
+        c = analysis.groups[g].channels
+        widths = [c // 4, c // 2, c]
+        table["groups"][str(g)] = {
+            "widths": widths,
+            "saved_ms": [(0.02 if g in fast else 0.0) * (c - w) for w in widths],
+        }
+    monkeypatch.setattr("onnxprune.allocation.allocate.latency_table", lambda *a, **k: table)
+    scores = onnxprune.score_groups(graph, analysis, "l1")
+
+    def fast_share(weigh: str):
+        alloc = Allocation(target_macs=0.7, sensitivity=sens, round_to=1, weigh_against=weigh)
+        plan = allocate(graph, analysis, scores, alloc, rewrite=apply_plan)
+        achieved = plan.meta["achieved_macs"]
+        assert 0.66 <= achieved <= 0.7  # a ceiling, met within a group's step
+        removed = {g: len(plan.remove.get(g, [])) for g in ids}
+        return sum(removed[g] for g in fast) / max(sum(removed.values()), 1), plan
+
+    by_macs, _ = fast_share("target")
+    by_latency, plan = fast_share("latency")
+    assert by_latency > by_macs + 0.1, (by_macs, by_latency)
+    assert plan.meta["weigh_against"] == "latency"
+    saved = sum(0.02 * len(plan.remove.get(g, [])) for g in fast) / 10.0
+    assert plan.meta["predicted_latency"] == pytest.approx(1.0 - saved, abs=1e-3)
+
+
+def test_latency_saved_is_the_line_through_the_measured_widths():
+    table = {"original_ms": 10.0, "groups": {"3": {"widths": [8, 16, 24, 32], "saved_ms": [2.4, 1.0, 1.0, 0.0]}}}
+    # removed 24, 16, 8 -> saved 2.4, 1.0, 1.0: slope (24*2.4 + 16 + 8) / (576 + 256 + 64) ms per channel
+    slope = (24 * 2.4 + 16 + 8) / (24 * 24 + 16 * 16 + 64)
+    assert lat.latency_saved(table, 3, 10) == pytest.approx(slope * 10 / 10.0)
+    assert lat.latency_saved(table, 4, 10) == 0.0  # not in the table (not timed): no saving known
+    table["groups"]["3"]["saved_ms"] = [-0.5, -0.2, 0.1, 0.0]  # noise only: never a negative saving
+    assert lat.latency_saved(table, 3, 8) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"weigh_against": "watts"}, "unknown --weigh-against"),
+        ({"weigh_against": "latency"}, "needs --sensitivity"),  # no sensitivity, no target
+        ({"weigh_against": "latency", "max_drop": 1.0}, "needs --sensitivity"),  # --max-drop sets the ratios
+    ],
+)
+def test_weigh_against_latency_is_refused_where_it_has_no_meaning(extra, message):
+    sens = {"format": "onnxprune.sensitivity/1", "groups": []}
+    alloc = Allocation(sensitivity=sens if "max_drop" in extra else None, **extra)
+    with pytest.raises(onnxprune.OnnxPruneError, match=message):
+        alloc.check("l1")
+
+
 def test_sensitivity_reconstruct_needs_calibration_data(trained_models, tmp_path):
     src = os.path.join(trained_models, "resnet20.onnx")
     rc, _, err = run("sensitivity", src, "--task", "mod:fn", "--reconstruct", "-o", str(tmp_path / "s"))
@@ -366,6 +439,42 @@ def test_cli_target_latency_end_to_end(tmp_path):
     assert any(meta["measured_latency"] == pytest.approx(r["measured"], abs=1e-4) for r in meta["latency_rounds"])
     assert os.path.exists(str(tmp_path / "m.latency.json"))
     assert "latency" in stdout
+
+
+def test_cli_weigh_against_latency_end_to_end(tmp_path):
+    path = small_model(tmp_path)
+    analysis = onnxprune.analyze(path).analysis
+    sens = {
+        "format": "onnxprune.sensitivity/1",
+        "groups": [
+            {"id": g.id, "sources": list(g.sources), "points": [{"ratio": 0.5, "drop": 0.1}]}
+            for g in analysis.groups
+            if g.prunable
+        ],
+    }
+    (tmp_path / "s.json").write_text(json.dumps(sens))
+    out, js = tmp_path / "o.onnx", tmp_path / "r.json"
+    args = (
+        "prune",
+        path,
+        "-o",
+        str(out),
+        "--sensitivity",
+        str(tmp_path / "s.json"),
+        "--target-macs",
+        "0.8",
+        "--round-to",
+        "1",
+    )
+    rc, _, err = run(*args, "--weigh-against", "latency", "--bench-threads", "1", "--report", str(js))
+    assert rc == 0, err
+    r = json.loads(js.read_text())
+    assert r["plan"]["meta"]["weigh_against"] == "latency" and 0 < r["plan"]["meta"]["predicted_latency"] <= 1
+    assert r["after"]["macs"] / r["before"]["macs"] <= 0.8 and r["verification"]["passed"]
+    assert os.path.exists(str(tmp_path / "m.latency.json"))
+    rc, _, err = run("prune", path, "-o", str(tmp_path / "x.onnx"), "--weigh-against", "latency")
+    assert rc != 0 and "needs --sensitivity" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "x.onnx")
 
 
 def test_target_between_uniform_steps_is_reached_by_blending():

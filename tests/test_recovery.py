@@ -126,6 +126,35 @@ def test_recalibration_recomputes_remaining_batchnorm_statistics():
     np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("inputs", "chosen"), [(8, [0, 7]), (9, [0, 4, 7]), (None, list(range(8))), (64, list(range(8)))]
+)
+def test_recalibration_statistics_come_from_batches_spread_over_the_set(inputs, chosen):
+    """``recal_inputs``: the remaining BatchNormalization takes the statistics of whole batches spread
+    evenly over the set (first and last, then between), at least that many inputs; all of them when
+    the set is no larger (or None). The report says how many inputs that was."""
+    b = G(shape=(4, 3, 8, 8), seed=3)
+    a = b.op("Relu", [b.conv(b.x, 3, 6, name="A")])
+    bn = b.bn(b.conv(a, 6, 5, name="B"), 5)
+    b.nodes[-1].name = "BN"
+    b.output(b.conv(b.op("Relu", [bn]), 5, 2, name="C"))
+    m = b.model()
+    plan = _plan_removing(m, "A", [0, 3])
+    # every batch a different offset: statistics over other batches would show in the mean
+    data = [{"x": (np.random.default_rng(s).standard_normal((4, 3, 8, 8)) + s).astype(np.float32)} for s in range(8)]
+    options = onnxprune.RecoveryOptions(reconstruct=False, recalibrate=True, recal_inputs=inputs)
+    pruned, rep = onnxprune.prune(m, plan=plan, data=data, recovery=options)
+    assert rep.recovery["timings_s"]["breakdown"]["statistics_inputs"] == 4 * len(chosen)
+    from onnxprune.runtime import session_with_outputs
+
+    node = next(n for n in pruned.graph.node if n.name == "BN")
+    sess = session_with_outputs(pruned, [node.input[0]])
+    x = np.concatenate([sess.run([node.input[0]], data[k])[0] for k in chosen]).astype(np.float64)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    np.testing.assert_allclose(inits[node.input[3]], x.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("reconstruct", [False, True])
 def test_recalibration_matches_folded_layer_statistics_to_the_original(trained_models, reconstruct):
     """resnet20 has every BN folded: after recalibration each affected layer's kept output channels have the

@@ -19,6 +19,9 @@ group pruned alone at 0.25/0.5/0.75, reconstructed on the calibration split and 
 validation split ``NAME_val``; the target is then spent where the measured drop per MAC saved is lowest).
 ``sensitivity-latency`` spends a latency target instead (``--targets`` then are fractions of the latency
 measured with onnxruntime, 2 threads, batch 1): widths are cut by measured drop per measured millisecond.
+``sensitivity-weighed`` meets the MACs target like ``sensitivity`` but weighs each cut's measured drop
+against the latency it saves by the per-group latency table (``--weigh-against latency``, 2 threads,
+batch 1, cached in the output folder as NAME.latency.json).
 The sensitivity file is kept in the output folder and reused; its time is reported once per model.
 """
 
@@ -109,6 +112,16 @@ def row(name: str, target: float, criterion: str, allocation: str, distill: bool
     elif allocation == "sensitivity-latency":  # the target is a fraction of the measured latency
         sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
         alloc = onnxprune.Allocation(target_latency=target, sensitivity=sens, bench_threads=2, bench_batch=1)
+    elif allocation == "sensitivity-weighed":  # a MACs target, cuts chosen by measured drop per millisecond
+        sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
+        alloc = onnxprune.Allocation(
+            target_macs=target,
+            sensitivity=sens,
+            weigh_against="latency",
+            bench_threads=2,
+            bench_batch=1,
+            latency_cache=os.path.join(folder, f"{name}.latency.json"),
+        )
     t = time.perf_counter()
     plain, rep = onnxprune.prune(path, criterion, allocation=alloc, input_shapes=shapes, data=calib, reconstruct=False)
     out["macs_kept"] = round(rep.after.macs / rep.before.macs, 3)
@@ -159,8 +172,8 @@ def main() -> None:
     ap.add_argument(
         "--allocations",
         default="uniform",
-        help="uniform, global, sensitivity, sensitivity-latency (comma-separated; with sensitivity-latency the "
-        "targets are fractions of the measured latency, 2 threads, batch 1)",
+        help="uniform, global, sensitivity, sensitivity-latency, sensitivity-weighed (comma-separated; with "
+        "sensitivity-latency the targets are fractions of the measured latency, 2 threads, batch 1)",
     )
     ap.add_argument("--distill", default="rec,cls,orientation", help="models to distil (CPU time)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
@@ -190,6 +203,8 @@ def main() -> None:
 
 def _allocation(r: dict) -> str:
     a = r.get("allocation", "uniform")
+    if a == "sensitivity-weighed":
+        return "sensitivity, weighed by latency"
     return f"sensitivity, latency {r['target_macs']}" if a == "sensitivity-latency" else a
 
 

@@ -14,7 +14,7 @@ from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..plan import PruningPlan
 from .global_rank import NORMALISATIONS, global_plan, normalise
-from .latency import auto_round_to, check_target_latency, latency_plan_measured, latency_table
+from .latency import auto_round_to, check_target_latency, latency_plan_measured, latency_saved, latency_table
 from .pfec_greedy import check_strategy, greedy_plan
 from .sensitivity import densify, measured_loss, measured_points, ratios_from_sensitivity, tradeoff_ratios
 from .targets import counts_of, plan_for_target
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Kept channels a multiple of 8 by default: onnxruntime's CPU convolutions (NCHWc) and tensor cores work on
 # blocks of 8, and other widths measured slower than the unpruned model (README latency table, round-to 1)
 DEFAULT_ROUND_TO = 8
+WEIGHINGS = ("target", "latency")
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Allocation:
     bench_fp16: bool = False
     latency_cache: str | None = None
     nu: float = 0.9
+    # with --sensitivity and a MACs/params target: what a cut's measured drop is weighed against, the
+    # target's own metric ("target") or the latency it saves on ``backend`` ("latency", latency table)
+    weigh_against: str = "target"
 
     def check(self, criterion: str) -> None:
         check_ratio(self.ratio)
@@ -62,7 +66,16 @@ class Allocation:
             raise OnnxPruneError("give one of --target-macs, --target-params, --target-latency")
         if self.target_latency is not None:
             check_target_latency(self.target_latency)
-        if self.target_latency is not None or self.round_to == 0:
+        if self.weigh_against not in WEIGHINGS:
+            raise OnnxPruneError(f"unknown --weigh-against '{self.weigh_against}'; choose from {', '.join(WEIGHINGS)}")
+        if self.weigh_against == "latency" and (
+            self.sensitivity is None or self.max_drop is not None or self.target_latency is not None or not targets
+        ):
+            raise OnnxPruneError(
+                "--weigh-against latency needs --sensitivity and --target-macs or --target-params "
+                "(--target-latency already spends measured latency)"
+            )
+        if self.target_latency is not None or self.round_to == 0 or self.weigh_against == "latency":
             if self.backend not in BACKENDS:
                 raise OnnxPruneError(f"unknown backend '{self.backend}'; choose from {', '.join(BACKENDS)}")
             missing = BACKENDS[self.backend].available()
@@ -123,8 +136,13 @@ def allocate(
             measured_with,
             criterion,
         )
-    if rewrite is None and (alloc.round_to == 0 or alloc.target_latency is not None):
-        raise OnnxPruneError("--target-latency and --round-to auto time rewritten models: pass rewrite=apply_plan")
+    if rewrite is None and (
+        alloc.round_to == 0 or alloc.target_latency is not None or alloc.weigh_against == "latency"
+    ):
+        raise OnnxPruneError(
+            "--target-latency, --weigh-against latency and --round-to auto time rewritten models: "
+            "pass rewrite=apply_plan"
+        )
     round_to = alloc.round_to
     measured = {}
     if round_to == 0:
@@ -137,7 +155,8 @@ def allocate(
             rewrite=rewrite,
             fp16=alloc.bench_fp16,
         )
-    if alloc.target_latency is not None:
+    table = None
+    if alloc.target_latency is not None or alloc.weigh_against == "latency":
         table = latency_table(
             graph,
             analysis,
@@ -151,6 +170,8 @@ def allocate(
             rewrite=rewrite,
             fp16=alloc.bench_fp16,
         )
+    if alloc.target_latency is not None:
+        assert table is not None
         loss = None
         if alloc.sensitivity is not None:  # what each width loses, as measured, instead of criterion scores
             points = measured_points(alloc.sensitivity, analysis)
@@ -172,7 +193,7 @@ def allocate(
             plan.meta["loss"] = "sensitivity"
         plan.meta["latency_table_cached"] = table["cached"]
     elif alloc.sensitivity is not None and alloc.max_drop is None:
-        plan = _sensitivity_to_target(graph, analysis, scores, alloc, round_to)
+        plan = _sensitivity_to_target(graph, analysis, scores, alloc, round_to, table)
     elif alloc.sensitivity is not None:
         ratios = ratios_from_sensitivity(alloc.sensitivity, analysis, alloc.max_drop)
         plan = ratio_plan(analysis, scores, lambda gid: ratios.get(gid, 0.0), round_to, alloc.min_channels)
@@ -225,10 +246,17 @@ def allocate(
     return plan
 
 
-def _sensitivity_to_target(graph, analysis, scores, alloc: Allocation, round_to: int) -> PruningPlan:
+def _sensitivity_to_target(
+    graph, analysis, scores, alloc: Allocation, round_to: int, table: dict | None = None
+) -> PruningPlan:
     """Ratios per group that reach the target with the least summed measured loss (``tradeoff_ratios``,
     between measured ratios by ``densify``); what each group saves at each measured ratio is counted on
-    the model's shapes."""
+    the model's shapes, or, with a latency ``table`` (``--weigh-against latency``), read off the table:
+    the target is still met in MACs (parameters), with the cuts that save the most measured time for
+    their loss. Why: MACs miss what does not scale with a convolution's multiply-adds (the PP-OCRv5
+    recogniser's squeeze-excitation groups and those of its SVTR neck, which runs on 40 tokens, hold 2%
+    of its MACs and, by the table's lines, a quarter of its latency: element-wise work, small kernels),
+    and a MACs allocation leaves a group that saves no MACs whole even where cutting it loses nothing."""
     metric = "macs" if alloc.target_macs is not None else "params"
     target = alloc.target_macs if metric == "macs" else alloc.target_params
     points = measured_points(alloc.sensitivity, analysis)
@@ -242,6 +270,11 @@ def _sensitivity_to_target(graph, analysis, scores, alloc: Allocation, round_to:
         gid: {r: 1.0 - getattr(counts_of(graph, analysis, plan_at({gid: r})), metric) / max(total, 1) for r, _ in pts}
         for gid, pts in points.items()
     }
+    if table is not None:
+        saved = {
+            gid: {r: _latency_saving(table, analysis, gid, r, round_to, alloc, s) for r, s in row.items()}
+            for gid, row in saved.items()
+        }
     points, saved = densify(points, saved)
 
     def make(knob: float) -> PruningPlan:
@@ -268,7 +301,24 @@ def _sensitivity_to_target(graph, analysis, scores, alloc: Allocation, round_to:
     plan, _, _ = plan_for_target(graph, analysis, make, target, metric, blend_order=loss_per_saving)
     plan.meta["group_ratios"] = {str(gid): round(removed_ratio(plan, gid), 4) for gid in sorted(points)}
     plan.meta["allocation"] = "sensitivity"
+    if table is not None:
+        plan.meta["weigh_against"] = "latency"
+        plan.meta["predicted_latency"] = round(
+            1.0 - sum(latency_saved(table, gid, len(rm)) for gid, rm in plan.remove.items()), 4
+        )
+        plan.meta["latency_table_cached"] = table["cached"]
     return plan
+
+
+def _latency_saving(
+    table: dict, analysis, gid: int, ratio: float, round_to: int, alloc: Allocation, target_saved
+) -> float:
+    """What cutting group ``gid`` at ``ratio`` saves by the latency table, plus a thousandth of what it
+    saves of the target's metric: a heavier cut then always saves more (the bisection's largest knob
+    still reaches the target) and groups the table shows no saving for are ranked by the target."""
+    channels = analysis.groups[gid].channels
+    removed = channels - kept_count(channels, ratio, round_to, alloc.min_channels)
+    return latency_saved(table, gid, removed) + 1e-3 * target_saved
 
 
 def _cheapest_first(scores: dict[int, np.ndarray]):

@@ -144,6 +144,25 @@ def latency_table(
     return {**table, "cached": False}
 
 
+def latency_saved(table: dict, gid: int, removed: int) -> float:
+    """Fraction of the original latency that removing ``removed`` channels of group ``gid`` saves, by the
+    table: the least-squares line through the origin of its measured (channels removed, ms saved)
+    points, never negative.
+
+    Why a line and not the measured points: each point is a small difference of two noisy whole-model
+    timings (on the PP-OCRv5 recogniser at 9 ms, 10 runs each, consecutive widths of one group read
+    0.29, 0.22, 0.06, 0.22, 0.10, 0.27 ms), so the points would rank groups by their noise; the slope
+    over all of a group's widths keeps what they share, how much the group's channels cost."""
+    row = table["groups"].get(str(gid))
+    if not row or not table.get("original_ms") or removed <= 0:
+        return 0.0
+    full = row["widths"][-1]
+    n = np.array([full - w for w in row["widths"]], dtype=float)
+    ms = np.array(row["saved_ms"], dtype=float)
+    slope = max(float(n @ ms) / max(float(n @ n), 1e-12), 0.0)
+    return slope * removed / table["original_ms"]
+
+
 def check_target_latency(target: float) -> None:
     if not 0.0 < target <= 1.0:
         raise OnnxPruneError(f"--target-latency must be in (0, 1], got {target}")

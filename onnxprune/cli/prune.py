@@ -16,7 +16,7 @@ from ..evaluation import evaluate_task, primary
 from ..load import parse_input_shapes, read_model
 from ..options import PruneOptions
 from ..plan import PruningPlan
-from ..recovery import RecoveryOptions
+from ..recovery import STATISTICS_INPUTS, RecoveryOptions
 from ..report_markdown import markdown, plots
 from ..save import check_output_path, save_json, save_model, save_text, size_on_disk
 from .common import add_data_args, add_model_args, add_selection_args, add_task_arg, data_spec
@@ -145,10 +145,19 @@ def register(sub) -> None:
         "as MODEL.latency.json)",
     )
     a.add_argument(
+        "--weigh-against",
+        default="target",
+        choices=["target", "latency"],
+        help="with --sensitivity and --target-macs/--target-params: weigh each cut's measured drop against "
+        "what it saves of the target (default) or of the latency measured on --backend (per-group latency "
+        "table, cached as MODEL.latency.json); the target is met either way, with the cuts that make the "
+        "model fastest for their loss",
+    )
+    a.add_argument(
         "--backend",
         default="ort-cpu",
         choices=list(BACKENDS),
-        help="runtime for --target-latency and --round-to auto",
+        help="runtime for --target-latency, --weigh-against latency and --round-to auto",
     )
     a.add_argument("--bench-threads", type=int, default=0, help="ort-cpu threads for latency measurements")
     a.add_argument(
@@ -236,6 +245,14 @@ def register(sub) -> None:
         help="ridge strength towards the plain pruned weights, relative to the data scale (default 1e-3)",
     )
     r.add_argument(
+        "--recal-inputs",
+        type=int,
+        default=STATISTICS_INPUTS,
+        metavar="N",
+        help=f"--recalibrate: take the statistics on at least N calibration inputs, whole batches spread "
+        f"evenly over the set (default {STATISTICS_INPUTS}; 0: every input)",
+    )
+    r.add_argument(
         "--memory-budget",
         type=_bytes,
         default=None,
@@ -289,11 +306,18 @@ def run(args: argparse.Namespace) -> int:
         bench_fp16=args.bench_fp16,
         latency_cache=os.path.splitext(args.model)[0] + ".latency.json",
         nu=args.nu,
+        weigh_against=args.weigh_against,
     )
-    if args.recon_samples < 1 or args.ridge < 0:
-        raise OnnxPruneError("--recon-samples must be positive and --ridge non-negative")
+    if args.recon_samples < 1 or args.ridge < 0 or args.recal_inputs < 0:
+        raise OnnxPruneError("--recon-samples must be positive, --ridge and --recal-inputs non-negative")
     recovery = RecoveryOptions(
-        args.reconstruct, args.bias_compensation, args.recalibrate, args.recon_samples, args.ridge, args.memory_budget
+        args.reconstruct,
+        args.bias_compensation,
+        args.recalibrate,
+        args.recon_samples,
+        args.ridge,
+        args.memory_budget,
+        args.recal_inputs or None,
     )
     options = PruneOptions(
         criterion=_criterion(args),

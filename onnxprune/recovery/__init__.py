@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .bias import compensate_bias
 from .passes import Recovery, load_batches
-from .sweep import recalibrate, reconstruct, recover_layers
+from .sweep import STATISTICS_INPUTS, recalibrate, reconstruct, recover_layers
 
 
 @dataclass
@@ -21,6 +21,8 @@ class RecoveryOptions:
     samples: int = 8192  # sample positions per refitted layer
     ridge: float = 1e-3
     memory_budget: int | None = None  # bytes of activations kept in memory (None: 40% of what is free)
+    # inputs the recalibration's statistics are taken on, whole batches spread over the set (None: all)
+    recal_inputs: int | None = STATISTICS_INPUTS
 
     def reconstructs(self, have_data: bool) -> bool:
         return self.reconstruct if self.reconstruct is not None else have_data
@@ -55,6 +57,7 @@ def run_recovery(rec: Recovery, data, options: RecoveryOptions, seed: int = 0, p
             progress=progress,
             budget=options.memory_budget,
             timings=breakdown,
+            statistics_inputs=options.recal_inputs,
         )
         out.update(done)
         out["timings_s"]["+".join(done)] = round(time.perf_counter() - t, 4)
@@ -71,4 +74,5 @@ __all__ = [
     "reconstruct",
     "compensate_bias",
     "recalibrate",
+    "STATISTICS_INPUTS",
 ]
