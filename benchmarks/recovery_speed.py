@@ -9,7 +9,7 @@ statistics on the default --recal-inputs, whole batches spread over the set). Th
 the recovery time divided by one onnxruntime forward pass of the original (all optimisations, same
 batches, same threads) measured in the same run; the report's breakdown (original pass, propagation,
 solves) is recorded too.
-Calibration sets: Fashion-MNIST models 512 training images; PP-OCRv5 recogniser 512 rendered lines
+Calibration sets: Fashion-MNIST models 512 training images (``--fmnist-calib``); PP-OCRv5 recogniser 512 rendered lines
 (benchmarks/real); resnet50 (torchvision, random weights, 224x224) 1,024 random images.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -36,10 +37,16 @@ from onnxprune.runtime import make_session  # noqa: E402
 SHARED = os.path.join(HERE, "..", "..", "shared")
 
 
-def setup(name: str, workdir: str):
+def setup(name: str, workdir: str, fmnist_calib: int = 512):
     """(model path, input shapes, calibration batches as a list of feed dicts)."""
     if name in ("resnet20", "resnet56", "vgg11", "mbv2"):
         _, calib = fmnist_files()
+        if fmnist_calib != 512:  # another seeded draw of training images, written beside the others
+            folder = os.path.join(workdir, f"fmnist_{fmnist_calib}")
+            calib = os.path.join(folder, "fmnist_calib.npz")
+            if not os.path.exists(calib):
+                script = os.path.join(HERE, "..", "calib", "fashion_mnist.py")
+                subprocess.run([sys.executable, script, "--calib", str(fmnist_calib), "--out", folder], check=True)
         path = os.path.join(SHARED, "models", f"{name}.onnx")
         graph = onnxprune.load(path)
         return path, None, [f for f, _ in open_data(onnxprune.DataSpec(calib, batch_size=64), graph)]
@@ -71,12 +78,18 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,resnet56,vgg11,mbv2,ppocrv5-rec,resnet50")
     ap.add_argument("--workdir", default=os.path.join(HERE, "out", "recovery-speed"))
     ap.add_argument("--out", default=os.path.join(HERE, "out", "recovery_speed.json"))
+    ap.add_argument(
+        "--fmnist-calib",
+        type=int,
+        default=512,
+        help="calibration images for the Fashion-MNIST models (training images, seeded draw)",
+    )
     ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     rows = []
     for name in args.models.split(","):
-        path, shapes, batches = setup(name, args.workdir)
+        path, shapes, batches = setup(name, args.workdir, args.fmnist_calib)
         n = sum(len(next(iter(f.values()))) for f in batches)
         fwd = forward_seconds(path, shapes, batches)
         row = {"model": name, "samples": n, "forward_s": round(fwd, 3)}

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..progress import bar
 from .passes import Recovery, stream
-from .propagate import Propagation
+from .propagate import Propagation, batch_rows
 from .recalibrate import output_sums, restandardise, set_bn_statistics
 from .recalibrate import targets as recalibration_targets
 from .reconstruct import TargetSampler, fit_layer, refittable
@@ -99,7 +99,7 @@ def recover_layers(
                     out["reconstructed"].append(name)
             seconds_run, segments = seconds_run + prop.seconds_run, segments + prop.segments
     if restd or bns:
-        timings["statistics_inputs"] = sum(_rows(batches[b]) for b in on)
+        timings["statistics_inputs"] = sum(batch_rows(batches[b][0]) for b in on)
         with Propagation(rec.pruned, [batches[b] for b in sorted(on)], budget) as prop:
             visits = sorted(set(restd) | bns, key=order.__getitem__)
             for name in bar(visits, desc="recalibrate", unit="layer", enabled=progress):
@@ -118,17 +118,11 @@ def recover_layers(
     return out
 
 
-def _rows(batch) -> int:
-    feeds = batch[0]
-    v = next(iter(feeds.values()), None)
-    return len(v) if v is not None and np.ndim(v) else 1
-
-
 def spread(batches, inputs: int | None) -> set[int]:
     """Indices of whole batches, evenly spaced over the set, holding at least ``inputs`` inputs (all of
     them when ``inputs`` is None or the set is no larger): spaced rather than the first ones, since a
     folder of images read in name order may come class by class."""
-    rows = [_rows(b) for b in batches]
+    rows = [batch_rows(feeds) for feeds, _ in batches]
     if inputs is None or sum(rows) <= inputs:
         return set(range(len(batches)))
     k = 1
