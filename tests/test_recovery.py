@@ -105,25 +105,34 @@ def test_bias_compensation_is_exact_for_constant_channels_and_1x1_consumers(k):
         assert diff[:, :, 1:-1, 1:-1].max() < 1e-5 and diff.max() > 1e-3
 
 
-def test_recalibration_recomputes_remaining_batchnorm_statistics():
+def _bn_case():
+    """A -> B -> BN (kept) -> C, with A losing channels 0 and 3: the model and the plan."""
     b = G(shape=(4, 3, 8, 8), seed=3)
     a = b.op("Relu", [b.conv(b.x, 3, 6, name="A")])
     bn = b.bn(b.conv(a, 6, 5, name="B"), 5)
     b.nodes[-1].name = "BN"
     b.output(b.conv(b.op("Relu", [bn]), 5, 2, name="C"))
     m = b.model()
-    plan = _plan_removing(m, "A", [0, 3])
-    data = [{"x": np.random.default_rng(s).standard_normal((4, 3, 8, 8)).astype(np.float32)} for s in range(4)]
-    pruned, rep = onnxprune.prune(m, plan=plan, data=data, reconstruct=False, recalibrate=True)
-    assert "BN" in rep.recovery["recalibrated"]
+    return m, _plan_removing(m, "A", [0, 3])
+
+
+def _assert_bn_statistics_are_those_of(pruned, feeds: list[dict]) -> None:
     from onnxprune.runtime import session_with_outputs
 
     node = next(n for n in pruned.graph.node if n.name == "BN")
     sess = session_with_outputs(pruned, [node.input[0]])
-    x = np.concatenate([sess.run([node.input[0]], f)[0] for f in data]).astype(np.float64)
+    x = np.concatenate([sess.run([node.input[0]], f)[0] for f in feeds]).astype(np.float64)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
     np.testing.assert_allclose(inits[node.input[3]], x.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
+
+
+def test_recalibration_recomputes_remaining_batchnorm_statistics():
+    m, plan = _bn_case()
+    data = [{"x": np.random.default_rng(s).standard_normal((4, 3, 8, 8)).astype(np.float32)} for s in range(4)]
+    pruned, rep = onnxprune.prune(m, plan=plan, data=data, reconstruct=False, recalibrate=True)
+    assert "BN" in rep.recovery["recalibrated"]
+    _assert_bn_statistics_are_those_of(pruned, data)
 
 
 @pytest.mark.parametrize(
@@ -133,26 +142,13 @@ def test_recalibration_statistics_come_from_batches_spread_over_the_set(inputs, 
     """``recal_inputs``: the remaining BatchNormalization takes the statistics of whole batches spread
     evenly over the set (first and last, then between), at least that many inputs; all of them when
     the set is no larger (or None). The report says how many inputs that was."""
-    b = G(shape=(4, 3, 8, 8), seed=3)
-    a = b.op("Relu", [b.conv(b.x, 3, 6, name="A")])
-    bn = b.bn(b.conv(a, 6, 5, name="B"), 5)
-    b.nodes[-1].name = "BN"
-    b.output(b.conv(b.op("Relu", [bn]), 5, 2, name="C"))
-    m = b.model()
-    plan = _plan_removing(m, "A", [0, 3])
+    m, plan = _bn_case()
     # every batch a different offset: statistics over other batches would show in the mean
     data = [{"x": (np.random.default_rng(s).standard_normal((4, 3, 8, 8)) + s).astype(np.float32)} for s in range(8)]
     options = onnxprune.RecoveryOptions(reconstruct=False, recalibrate=True, recal_inputs=inputs)
     pruned, rep = onnxprune.prune(m, plan=plan, data=data, recovery=options)
     assert rep.recovery["timings_s"]["breakdown"]["statistics_inputs"] == 4 * len(chosen)
-    from onnxprune.runtime import session_with_outputs
-
-    node = next(n for n in pruned.graph.node if n.name == "BN")
-    sess = session_with_outputs(pruned, [node.input[0]])
-    x = np.concatenate([sess.run([node.input[0]], data[k])[0] for k in chosen]).astype(np.float64)
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
-    np.testing.assert_allclose(inits[node.input[3]], x.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(inits[node.input[4]], x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
+    _assert_bn_statistics_are_those_of(pruned, [data[k] for k in chosen])
 
 
 @pytest.mark.parametrize("reconstruct", [False, True])
