@@ -136,12 +136,13 @@ def test_recalibration_recomputes_remaining_batchnorm_statistics():
 
 
 @pytest.mark.parametrize(
-    ("inputs", "chosen"), [(8, [0, 7]), (9, [0, 4, 7]), (None, list(range(8))), (64, list(range(8)))]
+    ("inputs", "chosen"),
+    [(8, [0, 7]), (9, [0, 4, 7]), (None, list(range(8))), (0, list(range(8))), (64, list(range(8)))],
 )
 def test_recalibration_statistics_come_from_batches_spread_over_the_set(inputs, chosen):
     """``recal_inputs``: the remaining BatchNormalization takes the statistics of whole batches spread
     evenly over the set (first and last, then between), at least that many inputs; all of them when
-    the set is no larger (or None). The report says how many inputs that was."""
+    the set is no larger (or None, or 0). The report says how many inputs that was."""
     m, plan = _bn_case()
     # every batch a different offset: statistics over other batches would show in the mean
     data = [{"x": (np.random.default_rng(s).standard_normal((4, 3, 8, 8)) + s).astype(np.float32)} for s in range(8)]

@@ -9,7 +9,8 @@ model's output on calibration data:
 The ridge pulls towards the layer's current weights W_0 rather than towards zero, so a layer with fewer
 sample rows than inputs (a wide Flatten->Gemm on a small calibration set) stays near the plain pruned
 weights instead of collapsing; ``lam = ridge * trace(X'X) / K`` makes ``ridge`` scale-free. Normal
-equations are accumulated batch by batch, so memory is K^2 per group whatever the number of samples.
+equations are accumulated a few thousand sampled rows at a time (at least K), so memory is about K^2 per
+group whatever the number of samples.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def _add_products(acc, rows: list[tuple[np.ndarray, np.ndarray]]):
     Why rows are gathered over batches first: the products are taken in float32 (float64 ones took a
     third of the recovery time; relative error ~1e-6 over a few thousand rows) and each addition to the
     float64 sums converts K^2 values; taken per batch, a wide layer paid that conversion once per batch
-    (vgg11's 4,609-input Gemm with 64 images a batch: 64 conversions of 21 M values for 64 rows each).
+    (vgg11's 4,609-input Gemm, one row per image: on 4,096 images in batches of 64, 64 conversions of
+    21 M values for 64 rows each).
     Flushing once at least max(K, FLUSH_ROWS) rows are in keeps the buffer about the size of the
     float64 sums (a few MB for narrower layers)."""
     p32 = np.concatenate([p for p, _ in rows]) if len(rows) > 1 else rows[0][0]

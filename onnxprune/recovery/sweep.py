@@ -120,10 +120,10 @@ def recover_layers(
 
 def spread(batches, inputs: int | None) -> set[int]:
     """Indices of whole batches, evenly spaced over the set, holding at least ``inputs`` inputs (all of
-    them when ``inputs`` is None or the set is no larger): spaced rather than the first ones, since a
-    folder of images read in name order may come class by class."""
+    them when ``inputs`` is None or 0, as ``--recal-inputs 0``, or the set is no larger): spaced rather
+    than the first ones, since a folder of images read in name order may come class by class."""
     rows = [batch_rows(feeds) for feeds, _ in batches]
-    if inputs is None or sum(rows) <= inputs:
+    if not inputs or sum(rows) <= inputs:
         return set(range(len(batches)))
     k = 1
     while True:
