@@ -186,11 +186,28 @@ def patches(
         p = x[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw]  # m x C
         return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)
     if any(pads):
-        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        return _padded_windows(x, pos, (kh, kw), pads, (sh, sw), (dh, dw), dtype).reshape(len(pos), layer.groups, -1)
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))  # N C H' W' sh sw
     p = windows[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw][..., ::dh, ::dw]  # m x C x kh x kw
     return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)
+
+
+def _padded_windows(x: np.ndarray, pos: np.ndarray, k_shape, pads, strides, dilations, dtype) -> np.ndarray:
+    """(m, C, kh, kw) windows at ``pos`` of ``x`` zero-padded by ``pads``, without padding ``x``: each
+    tap's row and column are clipped into the tensor and the taps that fall in the padding are zeroed.
+    Why: padding the whole batch to read a few hundred windows copied every activation once per batch
+    and layer (numpy's pad was the largest cost of resnet56's solves on 4,096 images)."""
+    h, w = x.shape[2:]
+    (kh, kw), (sh, sw), (dh, dw) = k_shape, strides, dilations
+    rows = (pos[:, 1] * sh - pads[0])[:, None] + dh * np.arange(kh)[None, :]  # m x kh
+    cols = (pos[:, 2] * sw - pads[1])[:, None] + dw * np.arange(kw)[None, :]  # m x kw
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # m x kh x kw
+    rc, cc = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    # advanced indices around the channel slice: the result is m x kh x kw x C
+    p = np.asarray(x[pos[:, 0, None, None], :, rc[:, :, None], cc[:, None, :]], dtype=dtype)
+    p *= inside[..., None]
+    return p.transpose(0, 3, 1, 2)
 
 
 def channel_stats_axes(layer_or_op: str, ndim: int) -> tuple[int, ...]:

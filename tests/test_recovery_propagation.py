@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from test_cli import run
 
 import onnxprune
-from onnxprune.linear import from_mats, patches, set_weight, to_mats
+from onnxprune.linear import Layer, from_mats, patches, set_weight, to_mats
 from onnxprune.recovery import Recovery, load_batches, reconstruct
 from onnxprune.recovery.passes import _row_bytes, stream, waves
 from onnxprune.recovery.propagate import Propagation
@@ -181,6 +181,38 @@ def test_tensors_not_batch_major_are_split_by_name_not_by_rows():
         model, ["z"], batches, {"z": (4, 1, 3)}, lambda b, arrs, rows: seen.append((rows, arrs["z"].shape)), budget=24
     )
     assert seen == [((0, 8, 8), (4, 8, 3))]
+
+
+@pytest.mark.parametrize(
+    ("k", "pads", "strides", "dilations", "groups"),
+    [
+        ((3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),
+        ((3, 3), [0, 1, 2, 1], [2, 2], [1, 1], 2),  # asymmetric pads, stride 2, grouped
+        ((5, 3), [2, 1, 2, 1], [1, 2], [2, 1], 1),  # dilated rows
+        ((3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 4),  # depthwise
+    ],
+)
+def test_windows_of_a_padded_convolution_are_those_of_the_padded_input(k, pads, strides, dilations, groups):
+    """``patches`` reads a padded k x k Conv's windows without padding the batch: every tap equals the
+    one read from the explicitly zero-padded input, padding taps included, in ``to_mats``' K order."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 7, 6)).astype(np.float32)
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=pads, strides=strides, dilations=dilations)
+    lay = Layer("c", "Conv", "w", None, groups)
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - dilations[0] * (k[0] - 1) - 1) // strides[0] + 1
+    ow = (xp.shape[3] - dilations[1] * (k[1] - 1) - 1) // strides[1] + 1
+    pos = np.stack(np.unravel_index(np.arange(3 * oh * ow), (3, oh, ow)), 1)  # every output position
+    got = patches(lay, node, x, pos, k, np.float64)
+    for row, (n, i, j) in zip(got, pos):
+        r0, c0 = i * strides[0], j * strides[1]
+        win = xp[
+            n,
+            :,
+            r0 : r0 + dilations[0] * (k[0] - 1) + 1 : dilations[0],
+            c0 : c0 + dilations[1] * (k[1] - 1) + 1 : dilations[1],
+        ]
+        np.testing.assert_array_equal(row, win.reshape(groups, -1))
 
 
 @pytest.mark.parametrize("block_bytes", [8 << 20, 1])
