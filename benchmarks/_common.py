@@ -10,11 +10,14 @@ import sys
 CALIB_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "calib", "out")
 
 
-def fmnist_files() -> tuple[str, str]:
-    """(test set, calibration set) .npz paths, built from ../shared by calib/fashion_mnist.py when missing."""
-    test, calib = os.path.join(CALIB_OUT, "fmnist_test.npz"), os.path.join(CALIB_OUT, "fmnist_calib.npz")
+def fmnist_files(calib_size: int = 512) -> tuple[str, str]:
+    """(test set, calibration set of ``calib_size`` training images) .npz paths, built from ../shared by
+    calib/fashion_mnist.py when missing (sizes other than 512 in their own folder under calib/out)."""
+    out = CALIB_OUT if calib_size == 512 else os.path.join(CALIB_OUT, f"fmnist_{calib_size}")
+    test, calib = os.path.join(out, "fmnist_test.npz"), os.path.join(out, "fmnist_calib.npz")
     if not (os.path.exists(test) and os.path.exists(calib)):
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(CALIB_OUT), "fashion_mnist.py")], check=True)
+        script = os.path.join(os.path.dirname(CALIB_OUT), "fashion_mnist.py")
+        subprocess.run([sys.executable, script, "--calib", str(calib_size), "--out", out], check=True)
     return test, calib
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -40,13 +39,7 @@ SHARED = os.path.join(HERE, "..", "..", "shared")
 def setup(name: str, workdir: str, fmnist_calib: int = 512):
     """(model path, input shapes, calibration batches as a list of feed dicts)."""
     if name in ("resnet20", "resnet56", "vgg11", "mbv2"):
-        _, calib = fmnist_files()
-        if fmnist_calib != 512:  # another seeded draw of training images, written beside the others
-            folder = os.path.join(workdir, f"fmnist_{fmnist_calib}")
-            calib = os.path.join(folder, "fmnist_calib.npz")
-            if not os.path.exists(calib):
-                script = os.path.join(HERE, "..", "calib", "fashion_mnist.py")
-                subprocess.run([sys.executable, script, "--calib", str(fmnist_calib), "--out", folder], check=True)
+        _, calib = fmnist_files(fmnist_calib)
         path = os.path.join(SHARED, "models", f"{name}.onnx")
         graph = onnxprune.load(path)
         return path, None, [f for f, _ in open_data(onnxprune.DataSpec(calib, batch_size=64), graph)]

@@ -88,6 +88,12 @@ def open_data(spec: DataSpec, graph) -> Iterator[tuple[dict, np.ndarray | None]]
         raise OnnxPruneError("data source yielded no samples")
 
 
+def batch_rows(feeds: dict) -> int:
+    """Rows of a batch of feeds: the first axis of its first input (1 for a scalar)."""
+    v = next(iter(feeds.values()), None)
+    return len(v) if v is not None and np.ndim(v) else 1
+
+
 def batches(spec: DataSpec, graph) -> list[tuple[dict, np.ndarray | None]]:
     return list(open_data(spec, graph))
 

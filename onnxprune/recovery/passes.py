@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..data import batches
+from ..data import batch_rows, batches
 from ..errors import OnnxPruneError
 from ..groups import Analysis
 from ..linear import Layer, as_layer, weight_uses
@@ -146,7 +146,7 @@ def stream(
     single row is over the budget) are the names split over several passes instead."""
     if not names:
         return
-    n = len(next(iter(batches[0][0].values()))) if batches else 1
+    n = batch_rows(batches[0][0]) if batches else 1
     est = {name: _row_bytes(shapes.get(name) or (1,)) for name in names}
     if sum(est.values()) * n > budget and n > 1 and sum(est.values()) <= budget:
         rows = max(1, budget // max(sum(est.values()), 1))
@@ -165,7 +165,7 @@ def stream(
     for chunk in chunks:
         sess = session_with_outputs(model, chunk, arrays)
         for b, (feeds, _) in enumerate(batches):
-            rows_b = len(next(iter(feeds.values())))
+            rows_b = batch_rows(feeds)
             fn(b, dict(zip(chunk, sess.run(chunk, feeds))), (0, rows_b, rows_b))
 
 

@@ -25,12 +25,6 @@ from ..runtime import intermediate_optimization, make_session, release_shared_ar
 DEFAULT_BUDGET_FRACTION = 0.4  # of the memory available when recovery starts
 
 
-def batch_rows(feeds: dict) -> int:
-    """Rows of a batch of feeds: the first axis of its first input (1 for a scalar)."""
-    v = next(iter(feeds.values()), None)
-    return len(v) if v is not None and np.ndim(v) else 1
-
-
 def add_channel_sums(acc: list | None, v, axis: int) -> list:
     """[shift, sum, sum of squares, count] per channel of ``v`` along ``axis`` (sums of ``v - shift``),
     added to ``acc``.

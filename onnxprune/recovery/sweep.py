@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 
+from ..data import batch_rows
 from ..progress import bar
 from .passes import Recovery, stream
-from .propagate import Propagation, batch_rows
+from .propagate import Propagation
 from .recalibrate import output_sums, restandardise, set_bn_statistics
 from .recalibrate import targets as recalibration_targets
 from .reconstruct import TargetSampler, fit_layer, refittable
@@ -75,8 +76,9 @@ def recover_layers(
     sampler = TargetSampler(rec, list(fit.values()), len(batches), samples, seed)
     sums = output_sums(rec, restd)
     names = sorted(set(sampler.names) | set(sums.names))
-    on = spread(batches, statistics_inputs)
-    run = list(range(len(batches))) if fit else sorted(on)  # the refit's targets come from every batch
+    chosen = spread(batches, statistics_inputs)  # the batches the statistics are taken on
+    on = set(chosen)
+    run = list(range(len(batches))) if fit else chosen  # the refit's targets come from every batch
 
     def collect(k: int, arrs: dict, rows) -> None:
         sampler(run[k], arrs, rows)
@@ -99,8 +101,8 @@ def recover_layers(
                     out["reconstructed"].append(name)
             seconds_run, segments = seconds_run + prop.seconds_run, segments + prop.segments
     if restd or bns:
-        timings["statistics_inputs"] = sum(batch_rows(batches[b][0]) for b in on)
-        with Propagation(rec.pruned, [batches[b] for b in sorted(on)], budget) as prop:
+        timings["statistics_inputs"] = sum(batch_rows(batches[b][0]) for b in chosen)
+        with Propagation(rec.pruned, [batches[b] for b in chosen], budget) as prop:
             visits = sorted(set(restd) | bns, key=order.__getitem__)
             for name in bar(visits, desc="recalibrate", unit="layer", enabled=progress):
                 if name in bns:
@@ -118,18 +120,18 @@ def recover_layers(
     return out
 
 
-def spread(batches, inputs: int | None) -> set[int]:
-    """Indices of whole batches, evenly spaced over the set, holding at least ``inputs`` inputs (all of
+def spread(batches, inputs: int | None) -> list[int]:
+    """Indices of whole batches, in order, evenly spaced over the set, holding at least ``inputs`` inputs (all of
     them when ``inputs`` is None or 0, as ``--recal-inputs 0``, or the set is no larger): spaced rather
     than the first ones, since a folder of images read in name order may come class by class."""
     rows = [batch_rows(feeds) for feeds, _ in batches]
     if not inputs or sum(rows) <= inputs:
-        return set(range(len(batches)))
+        return list(range(len(batches)))
     k = 1
     while True:
         idx = sorted({int(i) for i in np.round(np.linspace(0, len(batches) - 1, k))})
         if sum(rows[i] for i in idx) >= inputs:
-            return set(idx)
+            return idx
         k += 1
 
 
