@@ -87,7 +87,9 @@ def test_propagation_refit_equals_the_sequential_refit(trained_models, budget):
     rep, plan, pruned, batches = _setup(os.path.join(trained_models, "resnet20.onnx"))
     old = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
     new = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
-    want = sequential_refit(old, batches, 2048, 1e-3)
+    want = sequential_refit(old, batches, 2048, 1e-3)  # targets from the original's outputs
+    # the 1x1 shortcut convolutions' targets come from their original inputs (``TargetSampler.maps``)
+    assert len(TargetSampler(new, refittable(new), len(batches), 2048, 0).maps) == 2
     timings: dict = {}
     got = reconstruct(new, batches, 2048, 1e-3, budget=budget, timings=timings)
     assert sorted(got) == sorted(want) and len(got) > 10
@@ -252,3 +254,118 @@ def test_a_layer_with_fewer_positions_than_the_sample_takes_each_once():
     conv = Layer(node="c", op_type="Conv", weight="w", bias=None, groups=1)
     p = positions(conv, (2, 8, 3, 4), 1024, rng)
     assert sorted(map(tuple, p.tolist())) == [(n, h, w) for n in range(2) for h in range(3) for w in range(4)]
+
+
+@pytest.mark.parametrize("groups", [1, 6])
+@pytest.mark.parametrize("intercept", [True, False])
+def test_normal_equations_are_those_of_the_rows_with_a_column_of_ones(groups, intercept):
+    """The products are taken group-major and the intercept's row and column as sums of the rows (no
+    column of ones concatenated): over several flushes they equal X'X and X'Y in float64 with that
+    column, per group."""
+    from onnxprune.recovery.reconstruct import _add_products
+
+    rng = np.random.default_rng(0)
+    # rows as patches gives them: (rows, groups, K) channel-last, i.e. not group-major in memory
+    chunks = [
+        (
+            rng.standard_normal((r, 9, groups)).astype(np.float32).transpose(0, 2, 1) + 2.0,
+            rng.standard_normal((groups, r, 3)).astype(np.float32).transpose(1, 0, 2),
+        )
+        for r in (50, 70, 30)
+    ]
+    acc = _add_products(None, chunks[:2], intercept)
+    acc = _add_products(acc, chunks[2:], intercept)
+    x = np.concatenate([p for p, _ in chunks]).astype(np.float64)
+    y = np.concatenate([t for _, t in chunks]).astype(np.float64)
+    if intercept:
+        x = np.concatenate([x, np.ones(x.shape[:2] + (1,))], axis=2)
+    xt = x.transpose(1, 2, 0)
+    np.testing.assert_allclose(acc[0], xt @ x.transpose(1, 0, 2), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(acc[1], xt @ y.transpose(1, 0, 2), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["MatMul", "Gemm"])
+def test_targets_from_the_original_inputs_give_the_refit_of_the_original_outputs(head, monkeypatch):
+    """A head wider than its input (a recogniser's 18,385-way MatMul on (N, T, C) features, a Gemm
+    with alpha, beta and a bias) keeps its original input rows instead of its outputs: the refitted
+    weights are those fitted to the outputs themselves, with and without the original pass taken a few
+    rows at a time."""
+    import importlib
+
+    from onnxprune.recovery import passes
+
+    # by path: the package exports a function named reconstruct
+    reconstruct_module = importlib.import_module("onnxprune.recovery.reconstruct")
+
+    b = G(shape=("n", 6, 10))
+    h = b.op("Relu", [b.matmul(b.x, 10, 12)])
+    if head == "MatMul":
+        b.output(b.matmul(h, 12, 40))
+    else:
+        flat = b.op("Reshape", [h, b.ints([-1, 72])])
+        w = b.const(np.random.default_rng(3).standard_normal((72, 300)).astype(np.float32))
+        c = b.const(np.random.default_rng(4).standard_normal(300).astype(np.float32))
+        b.output(b.op("Gemm", [flat, w, c], alpha=0.5, beta=2.0))
+    model = b.model()
+    rep = onnxprune.analyze(model, {"x": (16, 6, 10)})
+    pruned, r = onnxprune.prune(rep.graph, "l1", 0.5, round_to=1)
+    plan = onnxprune.PruningPlan.from_json(r.plan)
+    rng = np.random.default_rng(0)
+    batches = [({"x": rng.standard_normal((16, 6, 10)).astype(np.float32)}, None) for _ in range(3)]
+    sweep = importlib.import_module("onnxprune.recovery.sweep")
+    results, chunks = [], []
+    for via_inputs, rows in ((True, None), (True, 5), (False, None)):
+        if not via_inputs:
+            monkeypatch.setattr(reconstruct_module, "_input_map", lambda rec, lay: None)
+        rec = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
+        sampler = TargetSampler(rec, refittable(rec), len(batches), 4096, 0)
+        assert bool(sampler.maps) == via_inputs
+        if rows:  # the original pass a few rows at a time
+
+            def few_rows(model, names, batches, shapes, fn, arrays=None, rows=rows):
+                per_row = sum(passes._row_bytes(shapes[n]) for n in names)
+                spy = lambda b, arrs, r: (chunks.append(r), fn(b, arrs, r))  # noqa: E731
+                passes.stream(model, names, batches, shapes, spy, rows * per_row, arrays)
+
+            monkeypatch.setattr(sweep, "stream", few_rows)
+        assert reconstruct(rec, batches, 4096, 1e-3)
+        monkeypatch.setattr(sweep, "stream", passes.stream)
+        results.append(_weights(rec.pruned))
+    assert chunks and {r[1] - r[0] for r in chunks} >= {5}
+    for got in results[:2]:
+        for name, want in results[2].items():
+            np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("intercept", [True, False])
+def test_the_ridge_from_fewer_rows_than_inputs_is_the_ridge_from_the_normal_equations(groups, intercept):
+    """With fewer sampled rows than inputs the refit solves the R x R dual system: the same weights as
+    the K x K normal equations, ridge included (the push-through identity)."""
+    from onnxprune.recovery.reconstruct import _solve, _solve_rows
+
+    rng = np.random.default_rng(0)
+    k, o = 40, 5
+    rows = [
+        (rng.standard_normal((r, groups, k)).astype(np.float32), rng.standard_normal((r, groups, o)).astype(np.float32))
+        for r in (12, 9)
+    ]
+    m0 = rng.standard_normal((groups, k + intercept, o))
+    # the normal equations in float64 (``_add_products`` takes them in float32, which a ridge this
+    # small on a singular X'X amplifies to ~1e-4)
+    x = np.concatenate([p for p, _ in rows]).astype(np.float64).transpose(1, 0, 2)
+    if intercept:
+        x = np.concatenate([x, np.ones(x.shape[:2] + (1,))], axis=2)
+    y = np.concatenate([t for _, t in rows]).astype(np.float64).transpose(1, 0, 2)
+    xtx, xty = x.transpose(0, 2, 1) @ x, x.transpose(0, 2, 1) @ y
+    want = _solve(xtx, xty, m0, 1e-3)
+    got = _solve_rows(rows, intercept, m0, 1e-3, None)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    assert np.abs(got - m0).max() > 1e-2  # the data moved the weights: not the ridge alone
+    mapping = rng.standard_normal((o, 7))  # targets given as rows of the original's inputs
+    np.testing.assert_allclose(
+        _solve_rows(rows, intercept, m0 @ mapping, 1e-3, mapping),
+        _solve(xtx, xty @ mapping, m0 @ mapping, 1e-3),
+        rtol=1e-6,
+        atol=1e-8,
+    )

@@ -219,7 +219,7 @@ class Propagation:
         t = time.perf_counter()
         if outputs:
             segment = self._segment(seg, inputs, outputs, reads & inits)
-            sess = make_session(segment, optimize=intermediate_optimization(), shared_arena=True)
+            sess = make_session(segment, optimize=intermediate_optimization(), shared_arena=True, spin=False)
             per_batch = [
                 sess.run(outputs, {i: np.asarray(v) for i, v in zip(inputs, vals)})
                 for vals in zip(*(self.tensor(i) for i in inputs))

@@ -97,7 +97,8 @@ def recover_layers(
             for name in bar(sorted(fit, key=order.__getitem__), desc="reconstruct", unit="layer", enabled=progress):
                 prop.run_until(name)
                 inputs = prop.tensor(rec.nodes[name].input[0])
-                if fit_layer(rec, fit[name], inputs, sampler.pos[name], sampler.targets[name], ridge):
+                targets, target_map = sampler.targets[name], sampler.maps.get(name)
+                if fit_layer(rec, fit[name], inputs, sampler.pos[name], targets, ridge, target_map):
                     out["reconstructed"].append(name)
             seconds_run, segments = seconds_run + prop.seconds_run, segments + prop.segments
     if restd or bns:
