@@ -261,14 +261,22 @@ def test_weighing_against_latency_meets_the_macs_target_with_the_cuts_that_save_
     assert plan.meta["predicted_latency"] == pytest.approx(1.0 - saved, abs=1e-3)
 
 
-def test_latency_saved_is_the_line_through_the_measured_widths():
-    table = {"original_ms": 10.0, "groups": {"3": {"widths": [8, 16, 24, 32], "saved_ms": [2.4, 1.0, 1.0, 0.0]}}}
-    # removed 24, 16, 8 -> saved 2.4, 1.0, 1.0: slope (24*2.4 + 16 + 8) / (576 + 256 + 64) ms per channel
-    slope = (24 * 2.4 + 16 + 8) / (24 * 24 + 16 * 16 + 64)
+def test_latency_saved_is_the_slope_through_the_measured_widths_whatever_their_shared_offset():
+    """Every point of a row is timed against one timing of the original: its error is an offset common
+    to the row, which the line's intercept takes and the slope (ms per channel) does not."""
+    removed = np.array([24, 16, 8])
+    table = {"original_ms": 10.0, "groups": {"3": {"widths": [8, 16, 24, 32], "saved_ms": []}}}
+    for offset in (0.0, 0.3, -0.2):
+        table["groups"]["3"]["saved_ms"] = [*(offset + 0.05 * removed), 0.0]
+        assert lat.latency_saved(table, 3, 10) == pytest.approx(0.05 * 10 / 10.0)
+    table["groups"]["3"]["saved_ms"] = [2.4, 1.0, 1.0, 0.0]  # noisy: the least-squares slope
+    slope = np.polyfit(removed, [2.4, 1.0, 1.0], 1)[0]
     assert lat.latency_saved(table, 3, 10) == pytest.approx(slope * 10 / 10.0)
     assert lat.latency_saved(table, 4, 10) == 0.0  # not in the table (not timed): no saving known
-    table["groups"]["3"]["saved_ms"] = [-0.5, -0.2, 0.1, 0.0]  # noise only: never a negative saving
+    table["groups"]["3"]["saved_ms"] = [-0.5, -0.2, 0.1, 0.0]  # more saved by fewer channels: never negative
     assert lat.latency_saved(table, 3, 8) == 0.0
+    table["groups"]["5"] = {"widths": [8, 16], "saved_ms": [0.4, 0.0]}  # one measured width: its own slope
+    assert lat.latency_saved(table, 5, 4) == pytest.approx(0.05 * 4 / 10.0)
 
 
 @pytest.mark.parametrize(
