@@ -208,31 +208,25 @@ def _add_products(acc, rows: list[tuple[np.ndarray, np.ndarray]], intercept: boo
     21 M values for 64 rows each).
     Flushing once at least max(K, FLUSH_ROWS) rows are in keeps the buffer about the size of the
     float64 sums (a few MB for narrower layers).
-    Why a grouped layer's rows are first copied group-major: the sampled windows come channel-last
-    (rows, taps, channels), and numpy's stacked matmul over such strides ran 2x slower than the copy
-    plus the matmul (the recogniser's 320-channel 5x5 depthwise layers: 42 -> 21 ms per 1,024 rows).
-    The intercept's row and column are the sums of the rows, not a column of ones concatenated: that
-    was one more copy of every row."""
-    p = np.concatenate([p for p, _ in rows]) if len(rows) > 1 else rows[0][0]
+    Why the rows are copied group-major, with the column of ones written into the copy: the sampled
+    windows come channel-last (rows, taps, channels), and numpy's stacked matmul over such strides ran
+    2x slower than the copy plus the matmul (the recogniser's 320-channel 5x5 depthwise layers: 42 ->
+    21 ms per 1,024 rows); summing the rows for the intercept separately cost more than the copy."""
     y = np.concatenate([t for _, t in rows]) if len(rows) > 1 else rows[0][1]
-    if p.shape[1] == 1:  # one group: BLAS reads the transposed operand in place
-        p2, y2 = p[:, 0], y[:, 0]
-        xtx, xty = (p2.T @ p2)[None], (p2.T @ y2)[None]
-        sx, sy = p2.sum(0, dtype=np.float64)[None], y2.sum(0, dtype=np.float64)[None]
-    else:
-        q = np.ascontiguousarray(p.transpose(1, 0, 2))  # groups x rows x K
-        yg = np.ascontiguousarray(y.transpose(1, 0, 2))
-        qt = q.transpose(0, 2, 1)
-        xtx, xty = qt @ q, qt @ yg
-        sx, sy = q.sum(1, dtype=np.float64), yg.sum(1, dtype=np.float64)
-    a, c = xtx.astype(np.float64), xty.astype(np.float64)
-    if intercept:
-        g, k = sx.shape
-        a1 = np.empty((g, k + 1, k + 1))
-        a1[:, :k, :k] = a
-        a1[:, :k, k] = a1[:, k, :k] = sx
-        a1[:, k, k] = len(p)
-        a, c = a1, np.concatenate([c, sy[:, None, :]], axis=1)
+    n, (_, g, k) = len(y), rows[0][0].shape
+    if intercept or g > 1:
+        q = np.empty((g, n, k + intercept), np.float32)
+        at = 0
+        for p, _ in rows:  # each batch's rows straight into the copy
+            q[:, at : at + len(p), :k] = p.transpose(1, 0, 2)
+            at += len(p)
+        if intercept:
+            q[:, :, k] = 1.0
+    else:  # one group, no intercept: BLAS reads the transposed operand in place
+        q = (np.concatenate([p for p, _ in rows]) if len(rows) > 1 else rows[0][0]).transpose(1, 0, 2)
+    qt = q.transpose(0, 2, 1)
+    a = (qt @ q).astype(np.float64)
+    c = (qt @ np.ascontiguousarray(y.transpose(1, 0, 2))).astype(np.float64)
     return (a, c) if acc is None else (acc[0] + a, acc[1] + c)
 
 
