@@ -88,3 +88,31 @@ def test_in_memory_stubs_take_their_values_from_the_arrays_given():
     ref, _ = masked_reference(rep.graph, rep.analysis, onnxprune.PruningPlan())
     stubs = [t.name for t in ref.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert stubs == [big.name] and len(ref.SerializeToString()) < IN_MEMORY_MIN_BYTES
+
+
+def test_runs_ahead_come_back_in_order_with_a_bounded_number_under_way():
+    """``runs_in_order`` yields each feed's outputs in the feeds' order while later runs go on, never
+    more than ``ahead`` of them under way (the caller's results are the memory it must bound)."""
+    import threading
+    import time
+
+    from onnxprune.runtime import runs_in_order
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Slow:
+        def run(self, names, feeds):
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.01 * (feeds["k"] % 3))  # later feeds may finish first
+            with lock:
+                state["now"] -= 1
+            return [feeds["k"] * 10]
+
+    for ahead in (1, 2, 3):
+        state["most"] = 0
+        got = [out[0] for out in runs_in_order(Slow(), ["y"], ({"k": k} for k in range(9)), ahead)]
+        assert got == [k * 10 for k in range(9)]
+        assert state["most"] == ahead

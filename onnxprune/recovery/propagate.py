@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -21,25 +20,16 @@ from onnx import helper
 
 from ..groups.rules.control import implicit_reads
 from ..load import elem_types
-from ..runtime import intermediate_optimization, make_session, release_shared_arena
+from ..runtime import (
+    CONCURRENT_BATCHES,
+    intermediate_optimization,
+    make_session,
+    release_shared_arena,
+    runs_in_order,
+    threads_per_run,
+)
 
 DEFAULT_BUDGET_FRACTION = 0.4  # of the memory available when recovery starts
-
-#: calibration batches run through a segment at the same time, each on its share of the cores.
-#: Why: a segment is a few layers, so one run's fixed costs (feeding, the layout reorders at its ends,
-#: waking the thread pool) weigh on every batch; two runs at once, each on half the cores, keep the
-#: cores busy through them. On 2 cores the propagation measured 3.6 -> 3.4 s on the PP-OCRv5
-#: recogniser over 512 lines, 4.1/3.6 -> 3.4/3.4 s on resnet56 over 4,096 Fashion-MNIST images,
-#: 22.0 -> 21.2 s on resnet50 over 512 images at 224x224.
-CONCURRENT_BATCHES = 2
-
-
-def _threads_per_run() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // CONCURRENT_BATCHES)
 
 
 def add_channel_sums(acc: list | None, v, axis: int) -> list:
@@ -147,7 +137,6 @@ class Propagation:
         self.frontier: dict[str, list] = {}
         self.seconds_run = 0.0
         self.segments = 0
-        self._pool = ThreadPoolExecutor(CONCURRENT_BATCHES)  # onnxruntime runs release the GIL
         last: dict[str, int] = {}
         for k, node in enumerate(self.nodes):
             for name in list(node.input) + sorted(implicit_reads(node)):
@@ -238,11 +227,15 @@ class Propagation:
         if outputs:
             segment = self._segment(seg, inputs, outputs, reads & inits)
             sess = make_session(
-                segment, optimize=intermediate_optimization(), shared_arena=True, spin=False, threads=_threads_per_run()
+                segment,
+                optimize=intermediate_optimization(),
+                shared_arena=True,
+                spin=False,
+                threads=threads_per_run(CONCURRENT_BATCHES),
             )
             values = zip(*(self.tensor(i) for i in inputs))
             feeds = ({i: np.asarray(v) for i, v in zip(inputs, vals)} for vals in values)
-            per_batch = list(self._pool.map(lambda f: sess.run(outputs, f), feeds))
+            per_batch = list(runs_in_order(sess, outputs, feeds, CONCURRENT_BATCHES))
             for k, name in enumerate(outputs):
                 self._store(name, [np.asarray(r[k]) for r in per_batch])
         self.seconds_run += time.perf_counter() - t
@@ -264,7 +257,6 @@ class Propagation:
         return m
 
     def close(self) -> None:
-        self._pool.shutdown()
         self.frontier.clear()
         release_shared_arena()  # the segments' working buffers
         if self.spill_dir:
