@@ -22,17 +22,13 @@ def make_session(
     outputs=(),
     arrays: Mapping[str, np.ndarray] | None = None,
     shared_arena: bool = False,
-    spin: bool = True,
 ):
     """``optimize``: True (all), False (none) or "extended" (everything but the layout transformers);
     ``outputs``: intermediate tensors the session also returns; ``arrays``: values of initializers
     already held as arrays (a loaded graph's ``consts``), used as they are instead of converted again
     (the model may then carry them as in-memory stubs, see ``IN_MEMORY``); ``shared_arena``: the session
     takes its working memory from one process-wide arena (``_register_shared_arena``), for the many
-    short-lived sessions of recovery's propagation; ``spin``: False where the caller works on each run's
-    outputs before the next run (recovery's passes): onnxruntime's idle workers otherwise spin-wait
-    for the next run on the cores that numpy work needs (on 2 cores, resnet56's propagation over 512
-    images measured 0.53-0.85 s spinning, 0.41-0.44 s not).
+    short-lived sessions of recovery's propagation.
 
     Without optimisation (the run check, verification) the large weights become graph inputs fed on
     every run (``WeightsFed``): onnxruntime copies initializers it is given, even through
@@ -45,10 +41,6 @@ def make_session(
     so.log_severity_level = 4  # ORT prints failures to stderr itself; ours is the one-line message
     if threads:
         so.intra_op_num_threads = threads
-    import os
-
-    if os.environ.get("NOSPIN"):
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if shared_arena:
         _register_shared_arena()
         so.add_session_config_entry("session.use_env_allocators", "1")
@@ -217,7 +209,7 @@ def run_model(model, feeds: dict[str, np.ndarray], outputs: list[str] | None = N
 
 def session_with_outputs(model: onnx.ModelProto, names, arrays: Mapping[str, np.ndarray] | None = None):
     """A session that also returns the intermediate tensors ``names`` (for activation statistics)."""
-    return make_session(model, optimize=intermediate_optimization(), outputs=names, arrays=arrays, spin=False)
+    return make_session(model, optimize=intermediate_optimization(), outputs=names, arrays=arrays)
 
 
 #: runs of one session under way at the same time in recovery's propagation, each on its share of the

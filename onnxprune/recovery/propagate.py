@@ -230,7 +230,6 @@ class Propagation:
                 segment,
                 optimize=intermediate_optimization(),
                 shared_arena=True,
-                spin=False,
                 threads=threads_per_run(CONCURRENT_BATCHES),
             )
             values = zip(*(self.tensor(i) for i in inputs))
