@@ -161,15 +161,27 @@ def latency_saved(table: dict, gid: int, removed: int) -> float:
     row = table["groups"].get(str(gid))
     if not row or not table.get("original_ms") or removed <= 0:
         return 0.0
+    slope, _ = _line(row)
+    return max(slope, 0.0) * removed / table["original_ms"]
+
+
+def _line(row: dict) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line through a row's measured (channels removed, ms
+    saved) points, the full width (0 by definition, not measured) left out; with one measured point,
+    the line through the origin."""
     full = row["widths"][-1]
-    n = np.array([full - w for w in row["widths"][:-1]], dtype=float)  # the measured points (not the full width)
+    n = np.array([full - w for w in row["widths"][:-1]], dtype=float)
     ms = np.array(row["saved_ms"][:-1], dtype=float)
     if len(n) >= 2:
         dn = n - n.mean()
         slope = float(dn @ (ms - ms.mean())) / max(float(dn @ dn), 1e-12)
-    else:  # one measured width: nothing to separate the offset from
-        slope = float(ms[0] / n[0]) if len(n) else 0.0
-    return max(slope, 0.0) * removed / table["original_ms"]
+        return slope, float(ms.mean() - slope * n.mean())
+    return (float(ms[0] / n[0]) if len(n) else 0.0), 0.0
+
+
+def _without_offset(row: dict) -> dict:
+    offset = _line(row)[1]
+    return {**row, "saved_ms": [v - offset for v in row["saved_ms"][:-1]] + [row["saved_ms"][-1]]}
 
 
 def check_target_latency(target: float) -> None:
@@ -205,7 +217,9 @@ def latency_plan(
     """
     loss = loss or score_loss(scores)
     l0 = table["original_ms"]
-    rows = {int(k): v for k, v in table["groups"].items()}
+    # each row's points less the offset its shared timing of the original put on all of them (``_line``):
+    # left in, every group's first cut looked worth that offset and the prediction summed it per group
+    rows = {int(k): _without_offset(v) for k, v in table["groups"].items()}
     cur = {gid: len(v["widths"]) - 1 for gid, v in rows.items()}  # index of the current width (full)
     saved = 0.0
     while l0 - saved > keep_fraction * l0:
