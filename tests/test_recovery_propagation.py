@@ -316,7 +316,7 @@ def test_targets_from_the_original_inputs_give_the_refit_of_the_original_outputs
     results, chunks = [], []
     for via_inputs, rows in ((True, None), (True, 5), (False, None)):
         if not via_inputs:
-            monkeypatch.setattr(reconstruct_module, "_input_map", lambda rec, lay: None)
+            monkeypatch.setattr(reconstruct_module, "_input_map", lambda rec, lay, inits: None)
         rec = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
         sampler = TargetSampler(rec, refittable(rec), len(batches), 4096, 0)
         assert bool(sampler.maps) == via_inputs

@@ -50,8 +50,9 @@ class TargetSampler:
         self.maps: dict[str, np.ndarray] = {}
         self._orig: dict[str, Layer] = {}
         self.reads = dict(self.outs)  # the tensor each layer's targets are taken from
+        orig_inits = {t.name: t for t in rec.original.model.graph.initializer} if via_inputs else {}
         for lay in layers if via_inputs else []:
-            found = _input_map(rec, lay)
+            found = _input_map(rec, lay, orig_inits)
             if found is not None:
                 self._orig[lay.node], self.maps[lay.node] = found
                 self.reads[lay.node] = rec.orig_nodes[lay.node].input[0]
@@ -69,12 +70,16 @@ class TargetSampler:
             return (n, o, (v.shape[2] - 1) // sh + 1, (v.shape[3] - 1) // sw + 1)
         return (n, *v.shape[1:-1], o)
 
+    def _kept_channels(self, lay: Layer, dim: int) -> np.ndarray:
+        """The original output channels of ``lay`` (``dim`` of them) that the pruned model keeps."""
+        if lay.node not in self._kept:
+            self._kept[lay.node] = self.rec.kept(self.outs[lay.node], lay.channel_axis, dim)
+        return self._kept[lay.node]
+
     def _values(self, lay: Layer, v: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Targets at ``pos``: the kept outputs, or the original input rows with a column of ones."""
         if lay.node not in self.maps:
-            if lay.node not in self._kept:
-                self._kept[lay.node] = self.rec.kept(self.outs[lay.node], lay.channel_axis, v.shape[lay.channel_axis])
-            return outputs_at(lay, v, pos, self._kept[lay.node])
+            return outputs_at(lay, v, pos, self._kept_channels(lay, v.shape[lay.channel_axis]))
         orig = self._orig[lay.node]
         node = self.rec.orig_nodes[lay.node]
         rows = patches(orig, node, v, pos, (1, 1), np.float32)[:, 0]
@@ -96,9 +101,10 @@ class TargetSampler:
                     self.pos[lay.node].append(p)
                     self.targets[lay.node].append(self._values(lay, v, p).astype(np.float32, copy=False))
                     continue
-                width = self.maps[lay.node].shape[0] if lay.node in self.maps else None
-                if width is None:
-                    width = len(self.rec.kept(self.outs[lay.node], lay.channel_axis, out_shape[lay.channel_axis]))
+                if lay.node in self.maps:
+                    width = self.maps[lay.node].shape[0]
+                else:
+                    width = len(self._kept_channels(lay, out_shape[lay.channel_axis]))
                 self._open[lay.node] = (p, np.empty((len(p), width), np.float32))
             p, t = self._open[lay.node]
             # the positions in these rows, shifted to them (a dense layer's positions are flat rows)
@@ -117,12 +123,13 @@ class TargetSampler:
                 del self._open[lay.node]
 
 
-def _input_map(rec: Recovery, lay: Layer) -> tuple[Layer, np.ndarray] | None:
+def _input_map(rec: Recovery, lay: Layer, orig_inits: dict) -> tuple[Layer, np.ndarray] | None:
     """(the original layer, M) when ``lay``'s original input rows are narrower than its kept outputs
     and its targets can be taken from them (ungrouped; a Conv 1x1 and unpadded, so an output position
-    reads one input pixel), else None. M is (K + 1, kept outputs) in float64, the bias last."""
+    reads one input pixel), else None. M is (K + 1, kept outputs) in float64, the bias last.
+    ``orig_inits``: the original model's initializers by name."""
     node = rec.orig_nodes[lay.node]
-    orig, _ = as_layer(node, {t.name: t for t in rec.original.model.graph.initializer}, {})
+    orig, _ = as_layer(node, orig_inits, {})
     if orig is None or orig.groups != 1:
         return None
     w0 = rec.original.consts[orig.weight].astype(np.float64)
