@@ -284,12 +284,16 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def infer_shapes(
-    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], consts: dict[str, np.ndarray] | None = None
+    model: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]],
+    consts: dict[str, np.ndarray] | None = None,
+    runtime: bool = True,
 ) -> dict[str, tuple[int, ...]]:
     """Static shapes of every tensor for the given input shapes.
 
     onnx shape inference (with data propagation) covers almost everything; whatever it leaves unknown
-    (custom-shaped ops, Shape arithmetic it cannot fold) we read off a single onnxruntime run.
+    (custom-shaped ops, Shape arithmetic it cannot fold) we read off a single onnxruntime run
+    (``runtime=False``: left out instead).
     """
     light = skeleton(model)
     for inp in light.graph.input:
@@ -314,7 +318,7 @@ def infer_shapes(
     for t in model.graph.initializer:
         shapes[t.name] = tuple(t.dims)
     missing = [o for n in model.graph.node for o in n.output if o and o not in shapes]
-    if missing:
+    if missing and runtime:
         shapes.update(_shapes_from_runtime(model, input_shapes, missing, consts))
     return shapes
 

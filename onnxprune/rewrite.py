@@ -100,7 +100,46 @@ def apply_plan(graph: Graph, analysis: Analysis, plan: PruningPlan) -> onnx.Mode
         if arr is not ed.value(node, k):
             ed.replace_input(node, k, np.ascontiguousarray(arr), "w")
     _finish(model, ed)
+    _carry_value_info(graph, model)
     return model
+
+
+def _carry_value_info(graph: Graph, model: onnx.ModelProto) -> None:
+    """The original's shape annotations (``value_info``) on the pruned ``model``, each axis the rewrite
+    resized set to its new size.
+
+    Why keep them: onnxruntime's fusions read them. The PP-OCRv5 recogniser's SVTR neck fuses its last
+    residual Add and LayerNorm into SkipLayerNormalization only when the Add's inputs are known to have
+    equal shapes, which onnxruntime's own inference through the neck's Reshapes cannot show; without the
+    exporter's annotations the pruned model ran that block unfused (and a timed variant of the latency
+    table differed from the model finally written). Other tools show them too.
+    Why this way: only tensors whose old and new static shapes are both known keep an annotation, and an
+    axis whose size changed keeps a concrete size only where the exporter wrote the old one; otherwise it
+    becomes unknown, so no symbolic name goes on claiming that two axes are equal after one of them
+    changed. Axes the rewrite left alone keep what the exporter wrote."""
+    annotated = graph.model.graph.value_info
+    if not annotated:
+        return
+    new = infer_shapes(model, graph.input_shapes, runtime=False)  # a run would cost more than the annotations are worth
+    produced = {o for n in model.graph.node for o in n.output if o}
+    for vi in annotated:
+        before, after = graph.shapes.get(vi.name), new.get(vi.name)
+        if vi.name not in produced or before is None or after is None or len(before) != len(after):
+            continue
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim) != len(after):
+            continue
+        out = model.graph.value_info.add()
+        out.CopyFrom(vi)
+        if not tt.HasField("shape"):
+            continue
+        for ax, (old, size) in enumerate(zip(before, after)):
+            if old != size:
+                dim = out.type.tensor_type.shape.dim[ax]
+                concrete = dim.HasField("dim_value") and dim.dim_value == old
+                dim.Clear()
+                if concrete:
+                    dim.dim_value = size
 
 
 def _apply_other(ed: _Editor, keep: Keep, act: Action) -> None:
@@ -188,7 +227,7 @@ def _finish(model: onnx.ModelProto, ed: _Editor) -> None:
     for name, arr in ed.new_inits.items():
         if name in used:
             add_tensor(g.initializer, arr, name)
-    del g.value_info[:]  # stale shapes: the pruned model is re-inferred
+    del g.value_info[:]  # stale shapes: ``_carry_value_info`` writes them again, resized
 
 
 def _subgraph_reads(g: onnx.GraphProto) -> set[str]:

@@ -120,3 +120,35 @@ def test_fp16_model_prunes_and_verifies():
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float16)
     assert run_model(pruned, {"x": x})[0].dtype == np.float16
     assert rep.after.params < rep.before.params
+
+
+def _dims(vi) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim]
+
+
+def test_exporter_shape_annotations_survive_the_rewrite_resized():
+    """onnxruntime's fusions read the exporter's value_info (the recogniser's SkipLayerNormalization):
+    it is kept, with each resized axis concrete where the exporter wrote the old size and unknown where
+    it wrote a name, so no symbolic dim claims two axes equal after one changed."""
+    b = G(shape=("N", 3, "H", "W"))
+    a = b.conv(b.x, 3, 8, name="first")
+    r = b.op("Relu", [a])
+    c = b.conv(r, 8, 4)
+    b.output(b.op("GlobalAveragePool", [c]))
+    m = b.model()
+    vi = helper.make_tensor_value_info
+    m.graph.value_info.extend(
+        [
+            vi(a, TensorProto.FLOAT, ["N", 8, "H", "W"]),
+            vi(r, TensorProto.FLOAT, ["N", "C", "H", "W"]),
+            vi(c, TensorProto.FLOAT, ["N", 4, "H", "W"]),
+        ]
+    )
+    pruned, rep = _prune_and_check(m, shapes=["x:1x3x16x16"])  # the full check rejects a stale annotation
+    first = next(g for g in rep.groups if "first" in g["sources"])
+    kept = 8 - len(first["removed"])
+    assert 0 < kept < 8
+    got = {v.name: _dims(v) for v in pruned.graph.value_info}
+    assert got == {a: ["N", kept, "H", "W"], r: ["N", None, "H", "W"], c: ["N", 4, "H", "W"]}
+    x = np.random.default_rng(0).standard_normal((2, 3, 12, 20)).astype(np.float32)
+    assert run_model(pruned, {"x": x})[0].shape == (2, 4, 1, 1)
