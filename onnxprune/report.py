@@ -102,8 +102,12 @@ class PruneReport:
     def _target_note(self) -> str:
         meta = self.plan.get("meta", {}) if isinstance(self.plan, dict) else {}
         auto = ""
-        if "round_to_auto" in meta:
-            auto = f" (round-to auto measured on {meta.get('backend', '?')}: {meta.get('round_to')})"
+        measured = meta.get("round_to_auto")
+        backend, multiple = meta.get("backend", "?"), meta.get("round_to")
+        if measured and "channel_block" in measured:
+            auto = f" (round-to auto: {backend}'s channel block on this machine, {multiple})"
+        elif measured:
+            auto = f" (round-to auto measured on {backend}: {multiple})"
         return auto + self._target_only(meta)
 
     @staticmethod

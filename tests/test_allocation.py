@@ -417,6 +417,7 @@ def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):
         return [100.0] + [50.0 + 0.1 * w + (0.0 if w % 8 == 0 else 5.0) for w in widths]
 
     monkeypatch.setattr(lat, "_time_variants", staircase)
+    monkeypatch.setattr(lat, "channel_block", lambda backend: None)  # a backend that cannot tell
     m, info = lat.auto_round_to(rep.graph, rep.analysis, rewrite=apply_plan)
     assert m == 8 and len(info["latency_ms"]) == 33
     plan = allocate(
@@ -429,6 +430,55 @@ def test_round_to_auto_reads_the_staircase(monkeypatch, shared_models):
     assert plan.meta["round_to"] == 8
     for gid, removed in plan.remove.items():
         assert (rep.groups[gid].channels - len(removed)) % 8 == 0
+
+
+def test_round_to_auto_takes_the_channel_block_the_backend_reports_for_convolution_models(monkeypatch):
+    """onnxruntime CPU tells its NCHWc block: nothing is timed for a convolutional model; a model whose
+    MACs are MatMuls still reads the staircase."""
+
+    def no_timing(*a, **k):
+        raise AssertionError("timed although the backend reported its channel block")
+
+    monkeypatch.setattr(lat, "_time_variants", no_timing)
+    monkeypatch.setattr(lat, "channel_block", lambda backend: 16 if backend == "ort-cpu" else None)
+    b = G(shape=(1, 16, 8, 8))
+    b.output(b.conv(b.op("Relu", [b.conv(b.x, 16, 64)]), 64, 8))
+    rep = onnxprune.analyze(b.model())
+    assert lat.auto_round_to(rep.graph, rep.analysis, rewrite=apply_plan) == (16, {"channel_block": 16})
+
+    d = G(shape=(2, 16))
+    d.output(d.matmul(d.op("Relu", [d.matmul(d.x, 16, 64)]), 64, 8))
+    rep = onnxprune.analyze(d.model())
+    with pytest.raises(AssertionError, match="timed although"):
+        lat.auto_round_to(rep.graph, rep.analysis, rewrite=apply_plan)
+
+
+def _reorders(model: onnx.ModelProto, tmp_path) -> int:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sum(n.op_type.startswith("Reorder") for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def test_widths_of_whole_channel_blocks_keep_a_concat_in_onnxruntimes_blocked_layout(tmp_path):
+    """What --round-to auto relies on, checked on this machine's onnxruntime: two branches of a whole
+    number of blocks concatenate inside the NCHWc layout; half a block more puts the Concat out of it
+    (reorders around it), as the pruned YOLOX detector's CSP blocks did with multiples of 8 on AVX-512."""
+    from onnxprune.bench.ort_cpu import channel_block
+
+    block = channel_block()
+    if block is None:
+        pytest.skip("onnxruntime's NCHWc layout does not run on this machine")
+    counts = {}
+    for width in (block, block + block // 2):
+        b = G(shape=(1, 16, 8, 8))
+        cat = b.op("Concat", [b.conv(b.x, 16, width), b.conv(b.x, 16, width)], axis=1)
+        b.output(b.conv(b.op("Relu", [cat]), 2 * width, 16))
+        counts[width] = _reorders(b.model(), tmp_path)
+    assert counts[block] < counts[block + block // 2]
 
 
 def test_latency_plan_is_measured_and_corrected(monkeypatch, shared_models):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -52,3 +55,39 @@ def describe() -> str:
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} CPUExecutionProvider"
+
+
+@functools.cache
+def channel_block() -> int | None:
+    """The channel block of onnxruntime's NCHWc convolution kernels on this CPU (8 with AVX2, 16 with
+    AVX-512), or None where its layout transformer leaves convolutions alone.
+
+    Why it matters: a convolution whose input channels are not a whole number of blocks stays out of the
+    blocked layout (plain kernels, reorders around it), its output channels are padded up to a block,
+    and a Concat of such tensors is reordered out and back in. Kept widths that are multiples of 8 but
+    not of 16 cost the YOLOX character detector, at -30% MACs, 1.15x against 1.28x for multiples of 16
+    on an AVX-512 machine (docs/RESULTS.md).
+    Why a probe: onnxruntime does not expose MLAS's block size; it shows in the optimised graph, where a
+    17-channel convolution's weight is padded up to whole blocks (24 for 8, 32 for 16)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(np.ones((17, 16, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.optimized_model_filepath = os.path.join(d, "optimised.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        optimised = onnx.load(so.optimized_model_filepath)
+    dims = {t.name: list(t.dims) for t in optimised.graph.initializer}
+    for node in optimised.graph.node:
+        if node.op_type == "Conv" and node.domain == "com.microsoft.nchwc" and node.input[1] in dims:
+            padded = dims[node.input[1]][0]
+            return padded - 16 if padded > 17 else None
+    return None

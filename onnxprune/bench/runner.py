@@ -98,6 +98,13 @@ def bench_shapes(path: str, batch: int | None, overrides: dict[str, tuple[int, .
     return shapes
 
 
+def channel_block(backend: str) -> int | None:
+    """The channel multiple ``backend``'s kernels are built on, where the backend can tell without
+    timing (onnxruntime CPU: its NCHWc block); None otherwise."""
+    probe = getattr(BACKENDS.get(backend), "channel_block", None)
+    return probe() if probe is not None else None
+
+
 def _machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 

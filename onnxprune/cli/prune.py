@@ -172,9 +172,10 @@ def register(sub) -> None:
         default=DEFAULT_ROUND_TO,
         metavar="N|auto",
         help=f"kept channels a multiple of N (default {DEFAULT_ROUND_TO}: onnxruntime's CPU convolutions work on "
-        "blocks of 8 channels (NCHWc) and tensor cores on multiples of 8, so other widths can run slower than the "
-        "original: mobilenet_v2 and efficientnet_b0 at -30%% MACs ran at 0.60x and 0.63x with --round-to 1); "
-        "1 for exact ratios; auto: read the multiple off a latency staircase measured on --backend",
+        "blocks of 8 channels (NCHWc; 16 on AVX-512 machines) and tensor cores on multiples of 8, so other widths "
+        "can run slower than the original: mobilenet_v2 and efficientnet_b0 at -30%% MACs ran at 0.60x and 0.63x "
+        "with --round-to 1); 1 for exact ratios; auto: the multiple --backend works on, its channel block where "
+        "it tells (ort-cpu), else read off a measured latency staircase",
     )
     p.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
     p.add_argument(
