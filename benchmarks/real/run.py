@@ -2,10 +2,11 @@
 
     python benchmarks/real/run.py [--models rec,det,cls,orientation,chardet] [--targets 0.7,0.5] \
         [--criteria l1] [--allocations uniform,sensitivity] [--distill rec,cls,orientation] \
-        [--out benchmarks/out/real.json] [--results docs/RESULTS.md]
+        [--round-to 8|auto] [--out benchmarks/out/real.json] [--results docs/RESULTS.md [--section real-models]]
 
 For each model (../shared/real-models, input size as its package runs it) and each MACs target (kept
-fraction, --round-to 8): the task metric (benchmarks/real/tasks.py, the packages' own pre- and
+fraction, --round-to 8 unless told; ``auto`` takes onnxruntime's NCHWc channel block on this machine,
+16 with AVX-512): the task metric (benchmarks/real/tasks.py, the packages' own pre- and
 post-processing, test data disjoint from calibration) of the original, after pruning alone, after
 least-squares reconstruction on the calibration split, after reconstruction + statistics recalibration,
 and after 1 epoch of distillation (unlabeled distillation split, Adam lr 1e-4, T=4) starting from the
@@ -41,6 +42,7 @@ import tasks  # noqa: E402
 from _common import replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
+from onnxprune.allocation.allocate import DEFAULT_ROUND_TO  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
 from onnxprune.evaluation import evaluate_task, primary  # noqa: E402
 from onnxprune.save import save_model  # noqa: E402
@@ -97,34 +99,44 @@ def sensitivity(name: str, criterion: str, folder: str) -> tuple[dict, float]:
     return res, res["seconds"]
 
 
-def row(name: str, target: float, criterion: str, allocation: str, distill: bool, tmp: str, folder: str) -> dict:
+def row(
+    name: str,
+    target: float,
+    criterion: str,
+    allocation: str,
+    distill: bool,
+    tmp: str,
+    folder: str,
+    round_to: int = DEFAULT_ROUND_TO,
+) -> dict:
     path = os.path.join(tasks.REAL, tasks.MODELS[name][0])
     shapes = shape_arg(name)
     calib = onnxprune.DataSpec(getattr(tasks, f"{name}_calib"))
     out = {"model": name, "target_macs": target, "criterion": criterion, "allocation": allocation}
     out["original"], _ = metric(path, name)
-    alloc = onnxprune.Allocation(target_macs=target)
+    timing = {"bench_threads": 2, "bench_batch": 1, "round_to": round_to}  # 0: auto, on onnxruntime CPU
+    alloc = onnxprune.Allocation(target_macs=target, **timing)
     if allocation == "global":  # one ranking over every group (obs: its relative costs as they are)
-        alloc = onnxprune.Allocation(target_macs=target, global_rank=True)
+        alloc = onnxprune.Allocation(target_macs=target, global_rank=True, **timing)
     elif allocation == "sensitivity":
         sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
-        alloc = onnxprune.Allocation(target_macs=target, sensitivity=sens)
+        alloc = onnxprune.Allocation(target_macs=target, sensitivity=sens, **timing)
     elif allocation == "sensitivity-latency":  # the target is a fraction of the measured latency
         sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
-        alloc = onnxprune.Allocation(target_latency=target, sensitivity=sens, bench_threads=2, bench_batch=1)
+        alloc = onnxprune.Allocation(target_latency=target, sensitivity=sens, **timing)
     elif allocation == "sensitivity-weighed":  # a MACs target, cuts chosen by measured drop per millisecond
         sens, out["sensitivity_s"] = sensitivity(name, criterion, folder)
         alloc = onnxprune.Allocation(
             target_macs=target,
             sensitivity=sens,
             weigh_against="latency",
-            bench_threads=2,
-            bench_batch=1,
             latency_cache=os.path.join(folder, f"{name}.latency.json"),
+            **timing,
         )
     t = time.perf_counter()
     plain, rep = onnxprune.prune(path, criterion, allocation=alloc, input_shapes=shapes, data=calib, reconstruct=False)
     out["macs_kept"] = round(rep.after.macs / rep.before.macs, 3)
+    out["round_to"] = rep.plan["meta"].get("round_to", round_to)
     out["verification"] = {k: rep.verification[k] for k in ("passed", "method", "max_rel_diff")}
     out["prune_s"] = round(time.perf_counter() - t, 1)
     out["pruned"], _ = metric(plain, name)
@@ -179,33 +191,48 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(HERE, "..", "out", "real.json"))
     ap.add_argument("--results", "--readme", dest="results", help="rewrite this section of docs/RESULTS.md")
     ap.add_argument("--distill-limit", type=int, default=None, help="distil on the first N inputs of the split")
+    ap.add_argument(
+        "--round-to",
+        default=str(DEFAULT_ROUND_TO),
+        help="kept channels a multiple of N, or auto (onnxruntime's channel block on this machine)",
+    )
+    ap.add_argument("--section", default="real-models", help="the docs/RESULTS.md section --results rewrites")
     args = ap.parse_args()
     global DISTILL_LIMIT
     DISTILL_LIMIT = args.distill_limit
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
-    done = {(r["model"], r["target_macs"], r["criterion"], r.get("allocation", "uniform")) for r in rows}
+    round_to = 0 if args.round_to == "auto" else int(args.round_to)
+    done = {
+        (r["model"], r["target_macs"], r["criterion"], r.get("allocation", "uniform"), r.get("asked_round_to", 8))
+        for r in rows
+    }
     folder = os.path.dirname(os.path.abspath(args.out))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             for target in (float(x) for x in args.targets.split(",")):
                 for crit in args.criteria.split(","):
                     for alloc in args.allocations.split(","):
-                        if (name, target, crit, alloc) in done:
+                        if (name, target, crit, alloc, args.round_to if round_to == 0 else round_to) in done:
                             continue
-                        r = row(name, target, crit, alloc, name in args.distill.split(","), tmp, folder)
+                        r = row(name, target, crit, alloc, name in args.distill.split(","), tmp, folder, round_to)
+                        r["asked_round_to"] = args.round_to if round_to == 0 else round_to
                         print(json.dumps(r), flush=True)
                         rows.append(r)
                         save_rows(args.out, rows)
     if args.results:
-        replace_section(args.results, "real-models", table(json.load(open(args.out))))
+        replace_section(args.results, args.section, table(json.load(open(args.out))))
 
 
 def _allocation(r: dict) -> str:
     a = r.get("allocation", "uniform")
     if a == "sensitivity-weighed":
-        return "sensitivity, weighed by latency"
-    return f"sensitivity, latency {r['target_macs']}" if a == "sensitivity-latency" else a
+        a = "sensitivity, weighed by latency"
+    elif a == "sensitivity-latency":
+        a = f"sensitivity, latency {r['target_macs']}"
+    if r.get("asked_round_to") == "auto":
+        a += f", round-to auto = {r['round_to']}"
+    return a
 
 
 def table(data: dict) -> str:
