@@ -111,8 +111,7 @@ def _carry_value_info(graph: Graph, model: onnx.ModelProto) -> None:
     Why keep them: onnxruntime's fusions read them. The PP-OCRv5 recogniser's SVTR neck fuses its last
     residual Add and LayerNorm into SkipLayerNormalization only when the Add's inputs are known to have
     equal shapes, which onnxruntime's own inference through the neck's Reshapes cannot show; without the
-    exporter's annotations the pruned model ran that block unfused (and a timed variant of the latency
-    table differed from the model finally written). Other tools show them too.
+    exporter's annotations every pruned recogniser ran that block unfused. Other tools show them too.
     Why this way: only tensors whose old and new static shapes are both known keep an annotation, and an
     axis whose size changed keeps a concrete size only where the exporter wrote the old one; otherwise it
     becomes unknown, so no symbolic name goes on claiming that two axes are equal after one of them
