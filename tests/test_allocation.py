@@ -453,21 +453,11 @@ def test_round_to_auto_takes_the_channel_block_the_backend_reports_for_convoluti
         lat.auto_round_to(rep.graph, rep.analysis, rewrite=apply_plan)
 
 
-def _reorders(model: onnx.ModelProto, tmp_path) -> int:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sum(n.op_type.startswith("Reorder") for n in onnx.load(so.optimized_model_filepath).graph.node)
-
-
-def test_widths_of_whole_channel_blocks_keep_a_concat_in_onnxruntimes_blocked_layout(tmp_path):
+def test_widths_of_whole_channel_blocks_keep_a_concat_in_onnxruntimes_blocked_layout():
     """What --round-to auto relies on, checked on this machine's onnxruntime: two branches of a whole
     number of blocks concatenate inside the NCHWc layout; half a block more puts the Concat out of it
     (reorders around it), as the pruned YOLOX detector's CSP blocks did with multiples of 8 on AVX-512."""
-    from onnxprune.bench.ort_cpu import channel_block
+    from onnxprune.bench.ort_cpu import channel_block, optimised_graph
 
     block = channel_block()
     if block is None:
@@ -477,7 +467,7 @@ def test_widths_of_whole_channel_blocks_keep_a_concat_in_onnxruntimes_blocked_la
         b = G(shape=(1, 16, 8, 8))
         cat = b.op("Concat", [b.conv(b.x, 16, width), b.conv(b.x, 16, width)], axis=1)
         b.output(b.conv(b.op("Relu", [cat]), 2 * width, 16))
-        counts[width] = _reorders(b.model(), tmp_path)
+        counts[width] = sum(n.op_type.startswith("Reorder") for n in optimised_graph(b.model()).graph.node)
     assert counts[block] < counts[block + block // 2]
 
 

@@ -11,6 +11,7 @@ import pytest
 from helpers import feeds_for, outputs
 
 import onnxprune
+from onnxprune.bench.ort_cpu import optimised_graph
 
 MODELS = {
     "ppocrv5/rec.onnx": "x:1x3x48x320",
@@ -39,30 +40,14 @@ def test_prunes_verifies_and_keeps_the_interface(real_models, name, target):
     assert all(np.isfinite(g).all() for g in got)
 
 
-def _fused_ops(model, tmp_path) -> list[str]:
-    """The op types of onnxruntime's optimised graph (all optimisations, as a deployment loads it)."""
-    import onnx
-    import onnxruntime as ort
-
-    from onnxprune.runtime import materialise
-
-    src, opt = tmp_path / "in.onnx", tmp_path / "opt.onnx"
-    onnx.save(model if isinstance(model, onnx.ModelProto) else materialise(model.model, model.consts), src)
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(opt)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(opt).graph.node]
-
-
-def test_pruned_recogniser_keeps_onnxruntimes_attention_neck_fusions(real_models, tmp_path):
+def test_pruned_recogniser_keeps_onnxruntimes_attention_neck_fusions(real_models):
     """The rewrite keeps the exporter's shape annotations (resized), which onnxruntime's fusions read:
     without them the SVTR neck's last residual Add and LayerNorm stayed unfused in the pruned model."""
     shape = ["x:1x3x48x320"]
     path = os.path.join(real_models, "ppocrv5/rec.onnx")
     pruned, _ = onnxprune.prune(path, input_shapes=shape, target_macs=0.7, round_to=8)
     fused = ("SkipLayerNormalization", "LayerNormalization", "SimplifiedLayerNormalization", "QuickGelu")
-    before = _fused_ops(onnxprune.load(path, shape), tmp_path)
-    after = _fused_ops(pruned, tmp_path)
+    before = [n.op_type for n in optimised_graph(path).graph.node]
+    after = [n.op_type for n in optimised_graph(pruned).graph.node]
     assert before.count("SkipLayerNormalization") >= 1
     assert {op: after.count(op) for op in fused} == {op: before.count(op) for op in fused}

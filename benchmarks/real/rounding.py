@@ -29,26 +29,20 @@ from _common import replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
+from onnxprune.bench.ort_cpu import optimised_graph  # noqa: E402
 from onnxprune.save import save_model  # noqa: E402
 
 
-def reorders(path: str, tmp: str) -> int:
+def reorders(path: str) -> int:
     """Layout reorders in onnxruntime's optimised graph of ``path`` (all optimisations, this machine)."""
-    import onnx
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
-    ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    return sum(n.op_type.startswith("Reorder") for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return sum(n.op_type.startswith("Reorder") for n in optimised_graph(path).graph.node)
 
 
 def row(name: str, target: float, tmp: str, seconds: float) -> dict:
     path = os.path.join(tasks.REAL, tasks.MODELS[name][0])
     _, inp, shape = tasks.MODELS[name]
     shapes = [f"{inp}:{'x'.join(map(str, shape))}"]
-    out: dict = {"model": name, "target_macs": target, "reorders": {"original": reorders(path, tmp)}}
+    out: dict = {"model": name, "target_macs": target, "reorders": {"original": reorders(path)}}
     paths = [path]
     for label, round_to in (("8", 8), ("auto", 0)):
         alloc = onnxprune.Allocation(target_macs=target, round_to=round_to, bench_threads=2, bench_batch=1)
@@ -61,7 +55,7 @@ def row(name: str, target: float, tmp: str, seconds: float) -> dict:
             "macs_kept": round(rep.after.macs / rep.before.macs, 3),
             "verified": rep.verification["passed"],
         }
-        out["reorders"][label] = reorders(p, tmp)
+        out["reorders"][label] = reorders(p)
     bench = benchmark(paths, "ort-cpu", input_shapes={inp: shape}, threads=2, warmup=10, iters=None, seconds=seconds)
     out["original_ms"] = round(bench.models[0].stats["median_ms"], 3)
     for label, m in zip(("8", "auto"), bench.models[1:]):

@@ -8,6 +8,7 @@ import tempfile
 import time
 
 import numpy as np
+import onnx
 
 from ..errors import OnnxPruneError
 
@@ -69,8 +70,6 @@ def channel_block() -> int | None:
     on an AVX-512 machine (docs/RESULTS.md).
     Why a probe: onnxruntime does not expose MLAS's block size; it shows in the optimised graph, where a
     17-channel convolution's weight is padded up to whole blocks (24 for 8, 32 for 16)."""
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])
@@ -79,15 +78,25 @@ def channel_block() -> int | None:
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe", [x], [y], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.optimized_model_filepath = os.path.join(d, "optimised.onnx")
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        optimised = onnx.load(so.optimized_model_filepath)
+    optimised = optimised_graph(model)
     dims = {t.name: list(t.dims) for t in optimised.graph.initializer}
     for node in optimised.graph.node:
         if node.op_type == "Conv" and node.domain == "com.microsoft.nchwc" and node.input[1] in dims:
             padded = dims[node.input[1]][0]
             return padded - 16 if padded > 17 else None
     return None
+
+
+def optimised_graph(model: onnx.ModelProto | str) -> onnx.ModelProto:
+    """The graph onnxruntime's CPU provider runs for ``model`` (a ModelProto or a path) after all of its
+    optimisations on this machine: its fusions and NCHWc layout nodes, which is what a pruned model's
+    speed depends on beyond its MACs."""
+    import onnxruntime as ort
+
+    src = model if isinstance(model, str) else model.SerializeToString()
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.optimized_model_filepath = os.path.join(d, "optimised.onnx")
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return onnx.load(so.optimized_model_filepath)
