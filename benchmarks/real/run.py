@@ -203,6 +203,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = json.load(open(args.out))["rows"] if os.path.exists(args.out) else []
     round_to = 0 if args.round_to == "auto" else int(args.round_to)
+    asked = args.round_to if round_to == 0 else round_to  # how a row records the rounding it was asked for
     done = {
         (r["model"], r["target_macs"], r["criterion"], r.get("allocation", "uniform"), r.get("asked_round_to", 8))
         for r in rows
@@ -213,10 +214,10 @@ def main() -> None:
             for target in (float(x) for x in args.targets.split(",")):
                 for crit in args.criteria.split(","):
                     for alloc in args.allocations.split(","):
-                        if (name, target, crit, alloc, args.round_to if round_to == 0 else round_to) in done:
+                        if (name, target, crit, alloc, asked) in done:
                             continue
                         r = row(name, target, crit, alloc, name in args.distill.split(","), tmp, folder, round_to)
-                        r["asked_round_to"] = args.round_to if round_to == 0 else round_to
+                        r["asked_round_to"] = asked
                         print(json.dumps(r), flush=True)
                         rows.append(r)
                         save_rows(args.out, rows)
