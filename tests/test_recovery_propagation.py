@@ -369,3 +369,43 @@ def test_the_ridge_from_fewer_rows_than_inputs_is_the_ridge_from_the_normal_equa
         rtol=1e-6,
         atol=1e-8,
     )
+
+
+def test_recovery_runs_blas_on_one_thread_except_for_calls_wide_enough_to_gain(trained_models, monkeypatch):
+    """OpenBLAS's idle workers spin after a multi-threaded call and slow the next segment's run (blas.py):
+    the small products and solves run on one thread, a call past WIDE_FLOPS on BLAS's own count."""
+    from threadpoolctl import threadpool_info
+
+    from onnxprune.recovery import blas
+
+    def blas_threads() -> int:
+        return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+
+    before = blas_threads()
+    if before < 2:
+        pytest.skip("numpy's BLAS runs on one thread here")
+    rec_mod = __import__("onnxprune.recovery.reconstruct", fromlist=["_solve"])
+    seen: list[tuple[str, int]] = []
+    real_solve, real_products = rec_mod._solve, rec_mod._add_products
+
+    def solve(*a, **k):
+        seen.append(("solve", blas_threads()))
+        return real_solve(*a, **k)
+
+    def products(*a, **k):
+        seen.append(("products", blas_threads()))
+        return real_products(*a, **k)
+
+    def threads_inside(flops: float) -> int:
+        with blas.threads_for(flops):
+            return blas_threads()
+
+    monkeypatch.setattr(rec_mod, "_solve", solve)
+    monkeypatch.setattr(rec_mod, "_add_products", products)
+    rep, plan, pruned, batches = _setup(os.path.join(trained_models, "resnet20.onnx"))
+    rec = Recovery(rep.graph, rep.analysis, plan, pruned)
+    assert reconstruct(rec, batches[:2], 512, 1e-3)
+    assert {k for k, _ in seen} == {"solve", "products"} and {n for _, n in seen} == {1}
+    with blas.one_thread():
+        assert (threads_inside(blas.WIDE_FLOPS), threads_inside(blas.WIDE_FLOPS / 2)) == (before, 1)
+    assert blas_threads() == before  # restored on leaving

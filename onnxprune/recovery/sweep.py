@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data import batch_rows
 from ..progress import bar
+from .blas import one_thread
 from .passes import Recovery, stream
 from .propagate import Propagation
 from .recalibrate import output_sums, restandardise, set_bn_statistics
@@ -38,6 +39,7 @@ from .reconstruct import TargetSampler, fit_layer, refittable
 STATISTICS_INPUTS = 256
 
 
+@one_thread()  # see blas.py: short BLAS calls between onnxruntime runs
 def recover_layers(
     rec: Recovery,
     batches,
