@@ -409,3 +409,27 @@ def test_recovery_runs_blas_on_one_thread_except_for_calls_wide_enough_to_gain(t
     with blas.one_thread():
         assert (threads_inside(blas.WIDE_FLOPS), threads_inside(blas.WIDE_FLOPS / 2)) == (before, 1)
     assert blas_threads() == before  # restored on leaving
+
+
+def test_a_depthwise_refit_samples_rows_for_its_few_unknowns_and_a_dense_one_the_whole_sample():
+    """Each channel of a depthwise layer is its own least squares of K + 1 = 10 unknowns: it takes
+    ROWS_PER_INPUT rows per unknown, not --samples (sampling, windows and products scale with rows);
+    an ungrouped layer, whose unknowns all share the rows, keeps the whole sample."""
+    from onnxprune.recovery.reconstruct import MIN_ROWS, ROWS_PER_INPUT, layer_samples
+
+    g = G(shape=(4, 4, 8, 8))
+    y = g.op("Relu", [g.conv("x", 4, 8, k=1)])
+    y = g.op("Relu", [g.conv(y, 8, 8, k=3, group=8, name="dw")])
+    g.output(g.conv(y, 8, 4, k=1, name="project"))
+    rep = onnxprune.analyze(g.model())
+    pruned, r = onnxprune.prune(rep.graph, "l1", 0.5, round_to=1)
+    rec = Recovery(rep.graph, rep.analysis, onnxprune.PruningPlan.from_json(r.plan), pruned)
+    layers = {lay.node: lay for lay in refittable(rec)}
+    assert {"dw", "project"} <= set(layers)
+    want_dw = min(8192, max(MIN_ROWS, ROWS_PER_INPUT * 10))
+    assert want_dw < 8192
+    assert layer_samples(rec, layers["dw"], 8192) == want_dw
+    assert layer_samples(rec, layers["project"], 8192) == 8192
+    assert layer_samples(rec, layers["dw"], 500) == 500  # never more than asked
+    sampler = TargetSampler(rec, list(layers.values()), 4, 8192, 0)
+    assert (sampler.per_batch["dw"], sampler.per_batch["project"]) == (-(-want_dw // 4), 2048)

@@ -237,7 +237,10 @@ def register(sub) -> None:
         type=int,
         default=8192,
         metavar="N",
-        help="sample positions per refitted layer (default 8192)",
+        help=(
+            "sample positions per refitted layer (default 8192; a depthwise layer takes 256 per unknown of "
+            "one channel where that is fewer)"
+        ),
     )
     r.add_argument(
         "--ridge",
