@@ -374,7 +374,7 @@ def test_the_ridge_from_fewer_rows_than_inputs_is_the_ridge_from_the_normal_equa
 def test_recovery_runs_blas_on_one_thread_except_for_calls_wide_enough_to_gain(trained_models, monkeypatch):
     """OpenBLAS's idle workers spin after a multi-threaded call and slow the next segment's run (blas.py):
     the small products and solves run on one thread, a call past WIDE_FLOPS on BLAS's own count."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from onnxprune.recovery import blas
 
@@ -409,6 +409,10 @@ def test_recovery_runs_blas_on_one_thread_except_for_calls_wide_enough_to_gain(t
     with blas.one_thread():
         assert (threads_inside(blas.WIDE_FLOPS), threads_inside(blas.WIDE_FLOPS / 2)) == (before, 1)
     assert blas_threads() == before  # restored on leaving
+    with blas.one_thread(), blas.one_thread():  # nested: a wide call still gets the count from before
+        assert threads_inside(blas.WIDE_FLOPS) == before
+    with blas.threads_for(blas.WIDE_FLOPS), threadpool_limits(1, "blas"):
+        assert threads_inside(blas.WIDE_FLOPS) == 1  # outside recovery the count is the caller's
 
 
 def test_a_depthwise_refit_samples_rows_for_its_few_unknowns_and_a_dense_one_the_whole_sample():

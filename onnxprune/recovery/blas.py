@@ -29,25 +29,34 @@ def _controller():
     from threadpoolctl import ThreadpoolController
 
     if "ctl" not in _state:
-        ctl = ThreadpoolController()
-        _state["ctl"] = ctl
-        _state["threads"] = max([lib.num_threads for lib in ctl.select(user_api="blas").lib_controllers] or [1])
+        _state["ctl"] = ThreadpoolController()
     return _state["ctl"]
+
+
+def _blas_threads(ctl) -> int:
+    return max([lib.num_threads for lib in ctl.select(user_api="blas").lib_controllers] or [1])
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """BLAS on one thread inside (its previous counts restored on leaving)."""
-    with _controller().limit(limits=1, user_api="blas"):
-        yield
+    """BLAS on one thread inside, process-wide (the counts it had are restored on leaving)."""
+    ctl = _controller()
+    outer = _state.get("threads")
+    _state["threads"] = _blas_threads(ctl) if outer is None else outer  # what ``threads_for`` gives back
+    try:
+        with ctl.limit(limits=1, user_api="blas"):
+            yield
+    finally:
+        if outer is None:
+            del _state["threads"]
 
 
 @contextmanager
 def threads_for(flops: float) -> Iterator[None]:
-    """Inside ``one_thread``: BLAS on the threads it had before for a call of at least ``WIDE_FLOPS``."""
-    if flops < WIDE_FLOPS:
+    """Inside ``one_thread``: BLAS on the threads it had before for a call of at least ``WIDE_FLOPS``
+    (outside it, the count is left as it is)."""
+    if flops < WIDE_FLOPS or "threads" not in _state:
         yield
         return
-    ctl = _controller()
-    with ctl.limit(limits=_state["threads"], user_api="blas"):
+    with _controller().limit(limits=_state["threads"], user_api="blas"):
         yield
