@@ -19,6 +19,7 @@ from onnxprune.linear import Layer, from_mats, patches, set_weight, to_mats
 from onnxprune.recovery import Recovery, load_batches, reconstruct
 from onnxprune.recovery.passes import _row_bytes, stream, waves
 from onnxprune.recovery.propagate import Propagation
+from onnxprune.recovery.propagate import _Recomputed as _Rec
 from onnxprune.recovery.reconstruct import TargetSampler, _out_channels, bias_vector, refittable, sample_targets
 
 CALIB = os.path.join(os.path.dirname(__file__), "..", "calib", "samples", "fmnist_train_256.npz")
@@ -111,7 +112,7 @@ def test_frontier_holds_only_what_later_nodes_read_and_spills_past_the_budget():
     model = b.model()
     feeds = feeds_for(model)
     batches = [(feeds, None), ({"x": feeds["x"] * 2}, None)]
-    with Propagation(model, batches, budget=0) as prop:
+    with Propagation(model, batches, budget=0, recompute=False) as prop:  # every segment kept
         prop.run_until("d")
         assert set(prop.frontier) == {a, c}
         assert all(isinstance(p, str) for v in prop.frontier.values() for p in v)  # on disk
@@ -437,3 +438,86 @@ def test_a_depthwise_refit_samples_rows_for_its_few_unknowns_and_a_dense_one_the
     assert layer_samples(rec, layers["dw"], 500) == 500  # never more than asked
     sampler = TargetSampler(rec, list(layers.values()), 4, 8192, 0)
     assert (sampler.per_batch["dw"], sampler.per_batch["project"]) == (-(-want_dw // 4), 2048)
+
+
+def _inverted_residuals(blocks: int = 2) -> onnx.ModelProto:
+    """mobilenet_v2's block: a cheap 1x1 expansion and depthwise layer six times wider than the residual."""
+    b = G(shape=(4, 4, 8, 8))
+    x = b.x
+    for i in range(blocks):
+        e = b.op("Relu", [b.conv(x, 4, 24, k=1, name=f"e{i}")])
+        d = b.op("Relu", [b.conv(e, 24, 24, k=3, group=24, name=f"d{i}")])
+        x = b.op("Add", [x, b.conv(d, 24, 4, k=1, name=f"p{i}")])
+    b.output(b.conv(x, 4, 2, name="head"))
+    return b.model()
+
+
+def test_a_wide_segment_of_cheap_layers_is_recomputed_where_read_instead_of_kept():
+    model = _inverted_residuals()
+    rng = np.random.default_rng(0)
+    batches = [({"x": rng.standard_normal((4, 4, 8, 8)).astype(np.float32)}, None) for _ in range(3)]
+    nodes = {n.name: n for n in model.graph.node}
+    expanded, depthwise = (nodes[n].output[0] for n in ("e0", "d0"))
+    relu_e = next(n.output[0] for n in model.graph.node if n.op_type == "Relu" and n.input[0] == expanded)
+    relu_d = next(n.output[0] for n in model.graph.node if n.op_type == "Relu" and n.input[0] == depthwise)
+    sess = onnxprune.runtime.session_with_outputs(model, [relu_e, relu_d])
+    want = [sess.run([relu_e, relu_d], f) for f, _ in batches]
+    peaks = {}
+    for recompute in (False, True):
+        with Propagation(model, batches, recompute=recompute) as prop:
+            prop.run_until("d0")
+            assert prop.holds(relu_e) and (relu_e in prop.frontier) != recompute  # recomputed, not kept
+            assert len(prop.tensor(relu_e)) == 3
+            for got, w in zip(prop.tensor(relu_e), want):
+                np.testing.assert_allclose(got, w[0], rtol=1e-5, atol=1e-5)
+            prop.run_until("p0")  # two pending segments in a row: still recomputed from the input
+            assert (relu_d in prop.frontier) != recompute and set(prop.frontier) >= {"x"}
+            for got, w in zip(prop.tensor(relu_d), want):
+                np.testing.assert_allclose(got, w[1], rtol=1e-5, atol=1e-5)
+            prop.run_until("e1")  # the block's 4-channel output is narrower than its input: kept
+            assert prop.pending_from is None and not prop.virtual and len(prop.frontier) == 1
+            peaks[recompute] = prop.peak_in_memory
+    assert peaks[True] < peaks[False] / 3
+
+
+@pytest.mark.parametrize("recalibrate", [False, True])
+def test_recovery_recomputing_the_wide_tensors_equals_recovery_keeping_them(recalibrate, monkeypatch):
+    from onnxprune.recovery import propagate
+    from onnxprune.recovery.sweep import recover_layers
+
+    model = _inverted_residuals(3)
+    rep = onnxprune.analyze(model)
+    pruned, r = onnxprune.prune(rep.graph, "l1", 0.5, round_to=1)
+    plan = onnxprune.PruningPlan.from_json(r.plan)
+    rng = np.random.default_rng(1)
+    batches = [({"x": rng.standard_normal((4, 4, 8, 8)).astype(np.float32)}, None) for _ in range(8)]
+    weights, runs = [], []
+    for max_pending in (0, propagate.MAX_PENDING):  # 0: every segment kept, as before recomputation
+        monkeypatch.setattr(propagate, "MAX_PENDING", max_pending)
+        made = []
+        monkeypatch.setattr(propagate, "_Recomputed", lambda *a, made=made: made.append(a) or _Rec(*a))
+        rec = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
+        done = recover_layers(rec, batches, recalibrate=recalibrate, statistics_inputs=None)
+        assert done["reconstructed"] and (done.get("recalibrated") or not recalibrate)
+        weights.append(_weights(rec.pruned))
+        runs.append(len(made))
+    assert runs[0] == 0 and runs[1] > 0  # the second recovery did read recomputed tensors
+    a, b = weights
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(a[name]).max())))
+
+
+def test_a_segment_of_constants_alone_still_gives_every_batch_its_value():
+    b = G(shape=(2, 4, 8, 8))
+    a = b.conv(b.x, 4, 8, name="a")
+    shift = b.op("Constant", [], value=numpy_helper.from_array(np.full((1, 8, 1, 1), 2.0, np.float32)))
+    b.nodes[-1].name = "k"
+    b.output(b.conv(b.op("Add", [a, shift]), 8, 2, name="head"))
+    model = b.model()
+    feeds = feeds_for(model)
+    batches = [(feeds, None), ({"x": feeds["x"] * 2}, None)]
+    with Propagation(model, batches) as prop:
+        prop.run_until("k")
+        prop.run_until(b.nodes[-2].name)  # the Constant alone, then the Add reading it
+        assert [np.asarray(v).max() for v in prop.tensor(shift)] == [2.0, 2.0]

@@ -81,7 +81,7 @@ def restandardise(rec: Recovery, lay: Layer, prop: Propagation, orig: dict) -> b
     variance, in its weights and in the propagated output, so everything downstream sees the corrected
     layer without running it again. False when there is nothing to correct."""
     out, axis = rec.nodes[lay.node].output[0], lay.channel_axis
-    if out not in prop.frontier:  # nothing reads it: nothing to correct
+    if not prop.holds(out):  # nothing reads it: nothing to correct
         return False
     mu_o, var_o = orig[out]
     now = prop.moments(out, axis)
