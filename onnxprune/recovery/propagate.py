@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 import onnx
@@ -267,8 +268,6 @@ class Propagation:
         return mean_var(acc)
 
     def _run_to(self, stop: int) -> None:
-        import time
-
         if stop <= self.cur:
             return
         start = self.cur if self.pending_from is None else self.pending_from
@@ -276,10 +275,9 @@ class Propagation:
         sess, inputs, outputs = self._session(start, stop)
         if sess is not None:
             feeds = self._feeds(inputs)
-            first = sess.run(outputs, next(feeds))
-            grows = sum(np.asarray(v).nbytes for v in first) > RECOMPUTE_GROWTH * sum(
-                np.asarray(self.tensor(i)[0]).nbytes for i in inputs
-            )
+            feed = next(feeds)
+            first = sess.run(outputs, feed)
+            grows = sum(np.asarray(v).nbytes for v in first) > RECOMPUTE_GROWTH * sum(v.nbytes for v in feed.values())
             if (
                 self.recompute
                 and grows
@@ -385,8 +383,6 @@ class _Recomputed:
         return self.prop.n_batches
 
     def __iter__(self):
-        import time
-
         prop = self.prop
         assert prop.pending_from is not None
         t = time.perf_counter()
