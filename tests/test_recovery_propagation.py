@@ -521,3 +521,42 @@ def test_a_segment_of_constants_alone_still_gives_every_batch_its_value():
         prop.run_until("k")
         prop.run_until(b.nodes[-2].name)  # the Constant alone, then the Add reading it
         assert [np.asarray(v).max() for v in prop.tensor(shift)] == [2.0, 2.0]
+
+
+def test_the_original_pass_reads_the_statistics_tensors_on_the_statistics_batches_alone(monkeypatch):
+    """With reconstruction and recalibration the refit's targets come from every batch and the
+    statistics from a few spread over the set: the original is run on every batch for the targets and
+    again on those few for the statistics, never reading a statistics tensor (each read costs the pass a
+    fusion) on the others. The result is that of the statistics taken apart on the same batches."""
+    from onnxprune.recovery import sweep
+    from onnxprune.recovery.passes import moments
+
+    model = _inverted_residuals(3)
+    rep = onnxprune.analyze(model)
+    pruned, r = onnxprune.prune(rep.graph, "l1", 0.5, round_to=1)
+    plan = onnxprune.PruningPlan.from_json(r.plan)
+    rng = np.random.default_rng(2)
+    # every batch a different offset: statistics from other batches would show in the means
+    batches = [({"x": (rng.standard_normal((4, 4, 8, 8)) + k).astype(np.float32)}, None) for k in range(8)]
+    calls: list[tuple[list[str], int]] = []
+    real = sweep.stream
+
+    def spy(model, names, passed, shapes, fn, **kw):
+        calls.append((list(names), len(passed)))
+        return real(model, names, passed, shapes, fn, **kw)
+
+    monkeypatch.setattr(sweep, "stream", spy)
+    seen: dict = {}
+    monkeypatch.setattr(sweep, "restandardise", lambda rec, lay, prop, orig: seen.update(orig) or False)
+    rec = Recovery(rep.graph, rep.analysis, plan, copy.deepcopy(pruned))
+    sweep.recover_layers(rec, batches, recalibrate=True, statistics_inputs=8)
+    chosen = sweep.spread(batches, 8)
+    targets = TargetSampler(rec, refittable(rec), len(batches), 8192, 0).names  # what the refit reads
+    assert chosen == [0, 7] and set(seen) - set(targets)
+    for names, n in calls:
+        assert n == len(batches) or n == len(chosen)
+        assert n == len(chosen) or not set(names) - set(targets)
+    want = moments(rep.graph.model, dict.fromkeys(seen, 1), [batches[k] for k in chosen])
+    for name, (mean, var) in seen.items():
+        np.testing.assert_allclose(mean, want[name][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(var, want[name][1], rtol=1e-5, atol=1e-5)

@@ -77,18 +77,14 @@ def recover_layers(
     t0 = time.perf_counter()
     sampler = TargetSampler(rec, list(fit.values()), len(batches), samples, seed)
     sums = output_sums(rec, restd)
-    names = sorted(set(sampler.names) | set(sums.names))
     chosen = spread(batches, statistics_inputs)  # the batches the statistics are taken on
-    on = set(chosen)
-    run = list(range(len(batches))) if fit else chosen  # the refit's targets come from every batch
-
-    def collect(k: int, arrs: dict, rows) -> None:
-        sampler(run[k], arrs, rows)
-        if run[k] in on:
-            sums(run[k], arrs, rows)
-
-    passed = [batches[b] for b in run]
-    stream(rec.original.model, names, passed, rec.original.shapes, collect, arrays=rec.original.consts)
+    model, shapes, consts = rec.original.model, rec.original.shapes, rec.original.consts
+    # the refit's targets come from every batch, the statistics from the chosen ones: two passes rather
+    # than one reading every tensor on every batch, since each tensor read keeps onnxruntime from fusing
+    # its producer with what follows (mbv2 over 4,096 images: 3.5 s with the statistics' 35 outputs on
+    # every batch, against the plain pass's 1.6 s), while the second pass runs on the chosen batches alone
+    stream(model, sampler.names, batches, shapes, sampler, arrays=consts)
+    stream(model, sums.names, [batches[b] for b in chosen], shapes, sums, arrays=consts)
     orig_moments = sums.moments()
     timings["original_pass"] = round(time.perf_counter() - t0, 4)
     order = {n.name: k for k, n in enumerate(rec.pruned.graph.node)}
