@@ -18,7 +18,7 @@ from .errors import OnnxPruneError, VerificationError
 from .evaluation import evaluate as _evaluate
 from .evaluation import evaluate_task
 from .groups import analyse
-from .load import Graph, build_graph, infer_shapes, parse_input_shapes, read_arrays, read_model
+from .load import Graph, build_graph, parse_input_shapes, read_arrays, read_model
 from .options import PruneOptions, resolve
 from .plan import PruningPlan
 from .recovery import STATISTICS_INPUTS, Recovery, RecoveryOptions, run_recovery
@@ -194,7 +194,7 @@ def _prune_once(report: AnalysisReport, opts: PruneOptions, plan: PruningPlan | 
         timings["score_allocate"] = time.perf_counter() - t
     t = time.perf_counter()
     pruned = apply_plan(graph, analysis, plan)
-    check_rewrite(graph, analysis, plan, pruned)
+    shapes = check_rewrite(graph, analysis, plan, pruned)
     timings["rewrite"] = time.perf_counter() - t
     ver = None
     if opts.verify_rewrite:
@@ -220,9 +220,9 @@ def _prune_once(report: AnalysisReport, opts: PruneOptions, plan: PruningPlan | 
         # then recovery changes weights (and may add a bias input) without touching shapes
         t = time.perf_counter()
         recovered = run_recovery(Recovery(graph, analysis, plan, pruned), as_data(data), recovery, seed, progress)
-        check_rewrite(graph, analysis, plan, pruned)
+        shapes = check_rewrite(graph, analysis, plan, pruned)
         timings["recovery"] = time.perf_counter() - t
-    after = count(pruned, infer_shapes(pruned, graph.input_shapes))
+    after = count(pruned, shapes)
     groups = []
     for g in analysis.groups:
         removed = sorted(plan.remove.get(g.id, []))

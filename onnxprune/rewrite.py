@@ -233,8 +233,12 @@ def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
     return set().union(*(implicit_reads(n) for n in g.node))
 
 
-def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: onnx.ModelProto) -> None:
-    """Post-condition of the rewrite: valid ONNX, and every channel-carrying tensor has the planned shape."""
+def check_rewrite(
+    graph: Graph, analysis: Analysis, plan: PruningPlan, model: onnx.ModelProto
+) -> dict[str, tuple[int, ...]]:
+    """Post-condition of the rewrite: valid ONNX, and every channel-carrying tensor has the planned shape.
+    Returns the pruned model's shapes it checked, for the caller's counts: inferring them again cost a
+    second onnxruntime run where onnx's inference stops (the PP-OCRv5 recogniser's Reshapes: 0.2 s)."""
     # on the weight-free copy: the rewrite makes every weight from a numpy array, so its payload matches
     # its shape by construction, and serialising the weights for the checker cost 0.7 s on vgg16_bn
     light = skeleton(model)
@@ -265,3 +269,4 @@ def check_rewrite(graph: Graph, analysis: Analysis, plan: PruningPlan, model: on
             raise VerificationError(
                 f"tensor '{name}' has shape {shapes[name]} after the rewrite, the plan implies {want}"
             )
+    return shapes
