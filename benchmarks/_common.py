@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 
 CALIB_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "calib", "out")
 
@@ -31,6 +32,19 @@ def replace_section(readme: str, name: str, body: str) -> None:
     _, tail = rest.split(end, 1)
     with open(readme, "w") as f:
         f.write(head + start + "\n" + body + "\n" + end + tail)
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]], right: str = "", notes=()) -> str:
+    """A markdown table of already formatted cells, then ``notes`` (lines after a blank one). ``right``: one
+    letter per column, ``r`` for a right-aligned (numeric) column; the others align left.
+
+    Why not tabulate (pandas' to_markdown): its GitHub format pads every cell to its column's width, so one
+    wider figure rewrites every line of a section in docs/RESULTS.md and its diff shows nothing."""
+    align = right.ljust(len(columns), "l")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    notes = list(notes)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def machine() -> str:

@@ -23,7 +23,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from _common import fmnist_files, machine, replace_section  # noqa: E402
+from _common import fmnist_files, machine, markdown_table, replace_section  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import zoo  # noqa: E402
@@ -198,27 +198,25 @@ def main() -> None:
 
 def table(data: dict) -> str:
     cols = ["uniform", "global-l2", "global-weak-layer", "sensitivity"]
-    lines = ["| model (original top-1) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    rows = []
     for r in data["accuracy"]:
         cells = []
         for c in cols:
             v = r.get(c)
             cells.append("–" if not v or "error" in v else f"{v['top1']:.2f} (MACs {v['macs']:.2f})")
-        lines.append(f"| {r['model']} ({r['original_top1']:.2f}) | " + " | ".join(cells) + " |")
+        rows.append([f"{r['model']} ({r['original_top1']:.2f})", *cells])
+    out = markdown_table(["model (original top-1)", *cols], rows, "l" + "r" * len(cols))
     if data.get("latency"):
-        lines += [
-            "",
-            "| model | allocation | MACs kept | latency kept (95% CI) | measured while planning | original |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
+        columns = ["model", "allocation", "MACs kept", "latency kept (95% CI)", "measured while planning", "original"]
+        rows = []
         for r in data["latency"]:
             planning = f"{r['measured_while_planning']:.3f}" if "measured_while_planning" in r else "–"
-            lines.append(
-                f"| {r['model']} | {r['allocation']} | {r['macs']:.3f} | {r['latency']:.3f} "
-                f"({r['ci'][0]:.3f}-{r['ci'][1]:.3f}) | {planning} | {r['original_ms']:.1f} ms |"
+            latency = f"{r['latency']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f})"
+            rows.append(
+                [r["model"], r["allocation"], f"{r['macs']:.3f}", latency, planning, f"{r['original_ms']:.1f} ms"]
             )
-    lines += ["", f"Machine: {data['machine']}."]
-    return "\n".join(lines)
+        out += "\n\n" + markdown_table(columns, rows, "llrrrr")
+    return out + f"\n\nMachine: {data['machine']}."
 
 
 if __name__ == "__main__":

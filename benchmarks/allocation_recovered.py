@@ -33,7 +33,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "calib"))
-from _common import fmnist_files, machine, replace_section  # noqa: E402
+from _common import fmnist_files, machine, markdown_table, replace_section  # noqa: E402
 
 import onnxprune  # noqa: E402
 
@@ -128,23 +128,18 @@ def main() -> None:
 
 def table(data: dict) -> str:
     cols = ["l1 uniform", "thinet uniform", "obs one-shot uniform", "obs uniform", "obs global", "obs sensitivity"]
-    lines = [
-        "| model (original top-1) | MACs kept (target) | " + " | ".join(cols) + " |",
-        "|---|---|" + "---:|" * len(cols),
-    ]
+    rows = []
     for r in data["rows"]:
         cells = [f"{r[c]['top1']:.2f} ({r[c]['macs']:.2f}, {r[c]['time_s']:.0f} s)" if c in r else "–" for c in cols]
         exporter = "" if r.get("exporter", "legacy") == "legacy" else f", {r['exporter']}"
-        head = f"| {r['model']}{exporter} ({r['original_top1']:.2f}) | {r['target_macs']:.2f} | "
-        lines.append(head + " | ".join(cells) + " |")
-    lines += [
-        "",
+        rows.append([f"{r['model']}{exporter} ({r['original_top1']:.2f})", f"{r['target_macs']:.2f}", *cells])
+    note = (
         "Top-1 on the 10,000 test images after least-squares reconstruction on 512 calibration images, no "
         "fine-tuning; each cell: top-1 (MACs kept, seconds including the sensitivity measurement). Rows marked "
         "dynamo: the dynamo export of the same trained model. "
-        f"Command: `python benchmarks/allocation_recovered.py`. Machine: {data['machine']}.",
-    ]
-    return "\n".join(lines)
+        f"Command: `python benchmarks/allocation_recovered.py`. Machine: {data['machine']}."
+    )
+    return markdown_table(["model (original top-1)", "MACs kept (target)", *cols], rows, "ll" + "r" * len(cols), [note])
 
 
 if __name__ == "__main__":

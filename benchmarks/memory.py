@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from _common import machine, replace_section  # noqa: E402
+from _common import machine, markdown_table, replace_section  # noqa: E402
 
 
 def wide_model(path: str, width: int, layers: int) -> int:
@@ -130,24 +130,24 @@ def main() -> None:
 
 
 def table(data: dict) -> str:
-    lines = [
-        "| model (weights) | analyze: peak RSS, time | prune --ratio 0.5: peak RSS, time | output "
-        "| prune + --calib --reconstruct: peak RSS, time |",
-        "|---|---:|---:|---:|---:|",
+    columns = [
+        "model (weights)",
+        "analyze: peak RSS, time",
+        "prune --ratio 0.5: peak RSS, time",
+        "output",
+        "prune + --calib --reconstruct: peak RSS, time",
     ]
 
     def cell(m: dict, size: float) -> str:
         return f"{m['peak_rss_gib']:.2f} GiB ({m['peak_rss_gib'] / size:.2f}×), {m['seconds']:.0f} s"
 
+    rows = []
     for r in data["rows"]:
         a, p, size = r["analyze"], r["prune"], r["model_gib"]
         rec = cell(r["prune_reconstruct"], size) if "prune_reconstruct" in r else "–"
-        lines.append(
-            f"| {r['layers']}× Conv 1×1 {r['width']}→{r['width']} ({size:.2f} GiB) | "
-            f"{cell(a, size)} | {cell(p, size)} | {p['output_gib']:.2f} GiB | {rec} |"
-        )
-    lines += ["", f"Machine: {data['machine']}."]
-    return "\n".join(lines)
+        model = f"{r['layers']}× Conv 1×1 {r['width']}→{r['width']} ({size:.2f} GiB)"
+        rows.append([model, cell(a, size), cell(p, size), f"{p['output_gib']:.2f} GiB", rec])
+    return markdown_table(columns, rows, "lrrrr", [f"Machine: {data['machine']}."])
 
 
 if __name__ == "__main__":

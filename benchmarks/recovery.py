@@ -24,7 +24,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "calib"))
-from _common import fmnist_files, machine, replace_section  # noqa: E402
+from _common import fmnist_files, machine, markdown_table, replace_section  # noqa: E402
 
 import onnxprune  # noqa: E402
 
@@ -111,24 +111,18 @@ def main() -> None:
 
 def table(data: dict) -> str:
     cols = ["pruned", "bias-comp", "recalibrate", "reconstruct", "reconstruct+recalibrate", "reconstruct+distill"]
-    lines = [
-        "| model (original top-1) | MACs cut (kept) | " + " | ".join(cols) + " |",
-        "|---|---|" + "---:|" * len(cols),
-    ]
+    rows = []
     for r in data["rows"]:
         cells = [f"{r[c]['top1']:.2f} ({r[c]['time_s']:.1f} s)" if c in r else "–" for c in cols]
-        lines.append(
-            f"| {r['model']} ({r['original_top1']:.2f}) | {100 * r['macs_cut']:.0f}% ({r['macs']:.3f}) | "
-            + " | ".join(cells)
-            + " |"
+        rows.append(
+            [f"{r['model']} ({r['original_top1']:.2f})", f"{100 * r['macs_cut']:.0f}% ({r['macs']:.3f})", *cells]
         )
-    lines += [
-        "",
+    note = (
         f"Criterion {data['criterion']}, uniform plan by --target-macs; top-1 on the 10,000 test images; "
         f"times: the recovery step (distillation: one epoch on 5,000 training images, Adam lr "
-        f"{data['lr']:g}). Machine: {data['machine']}.",
-    ]
-    return "\n".join(lines)
+        f"{data['lr']:g}). Machine: {data['machine']}."
+    )
+    return markdown_table(["model (original top-1)", "MACs cut (kept)", *cols], rows, "ll" + "r" * len(cols), [note])
 
 
 if __name__ == "__main__":

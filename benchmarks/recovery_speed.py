@@ -26,7 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "real"))
-from _common import fmnist_files, replace_section, save_rows  # noqa: E402
+from _common import fmnist_files, markdown_table, replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import zoo  # noqa: E402
@@ -106,21 +106,36 @@ def main() -> None:
 
 
 def table(data: dict) -> str:
-    lines = [
-        "| model | calibration samples | one forward pass (s) | reconstruct (s) | ratio | original pass / "
-        "propagation / solves (s) | + recalibrate (s) | ratio | statistics on (inputs) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    columns = [
+        "model",
+        "calibration samples",
+        "one forward pass (s)",
+        "reconstruct (s)",
+        "ratio",
+        "original pass / propagation / solves (s)",
+        "+ recalibrate (s)",
+        "ratio",
+        "statistics on (inputs)",
     ]
+    rows = []
     for r in data["rows"]:
         a, b = r["reconstruct"], r["reconstruct+recalibrate"]
         bd = a["breakdown"]
-        lines.append(
-            f"| {r['model']} | {r['samples']} | {r['forward_s']:.2f} | {a['seconds']:.1f} | {a['ratio']:.1f}x | "
-            f"{bd.get('original_pass', 0):.1f} / {bd.get('propagation', 0):.1f} / {bd.get('solves', 0):.1f} | "
-            f"{b['seconds']:.1f} | {b['ratio']:.1f}x | {b['breakdown'].get('statistics_inputs', r['samples'])} |"
+        rows.append(
+            [
+                r["model"],
+                r["samples"],
+                f"{r['forward_s']:.2f}",
+                f"{a['seconds']:.1f}",
+                f"{a['ratio']:.1f}x",
+                f"{bd.get('original_pass', 0):.1f} / {bd.get('propagation', 0):.1f} / {bd.get('solves', 0):.1f}",
+                f"{b['seconds']:.1f}",
+                f"{b['ratio']:.1f}x",
+                b["breakdown"].get("statistics_inputs", r["samples"]),
+            ]
         )
-    lines += ["", f"Machine: {data['machine']}. Command: `python benchmarks/recovery_speed.py`."]
-    return "\n".join(lines)
+    note = f"Machine: {data['machine']}. Command: `python benchmarks/recovery_speed.py`."
+    return markdown_table(columns, rows, "lrrrrlrrr", [note])
 
 
 if __name__ == "__main__":

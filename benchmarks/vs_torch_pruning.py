@@ -23,7 +23,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from _common import machine, replace_section  # noqa: E402
+from _common import machine, markdown_table, replace_section  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune import zoo  # noqa: E402
@@ -176,20 +176,14 @@ def table(data: dict) -> str:
         t = f"{r['prune_s']:.2f} s" + (f" (median of {len(r['prune_s_all'])})" if "prune_s_all" in r else "")
         return t, f"{r['macs_ratio']:.3f}", sp
 
-    lines = [
-        "| model | onnxprune time | MACs kept | ORT speedup | Torch-Pruning time | MACs kept | ORT speedup |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in data["rows"]:
-        a, b = cell(r["onnxprune"]), cell(r["torch_pruning"])
-        lines.append(f"| {r['model']} | " + " | ".join(a + b) + " |")
+    columns = ["model", "onnxprune time", "MACs kept", "ORT speedup", "Torch-Pruning time", "MACs kept", "ORT speedup"]
+    rows = [[r["model"], *cell(r["onnxprune"]), *cell(r["torch_pruning"])] for r in data["rows"]]
     ok = {t: sum("error" not in r[t] for r in data["rows"]) for t in ("onnxprune", "torch_pruning")}
-    lines += [
-        "",
+    note = (
         f"Handled: onnxprune {ok['onnxprune']}/{len(data['rows'])}, Torch-Pruning {data['torch_pruning']} "
-        f"{ok['torch_pruning']}/{len(data['rows'])}. Machine: {data['machine']}; 2 threads, batch 1.",
-    ]
-    return "\n".join(lines)
+        f"{ok['torch_pruning']}/{len(data['rows'])}. Machine: {data['machine']}; 2 threads, batch 1."
+    )
+    return markdown_table(columns, rows, "lrrrrrr", [note])
 
 
 if __name__ == "__main__":

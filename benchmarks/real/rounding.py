@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 import tasks  # noqa: E402
-from _common import replace_section, save_rows  # noqa: E402
+from _common import markdown_table, replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.bench import benchmark  # noqa: E402
@@ -64,21 +64,28 @@ def row(name: str, target: float, tmp: str, seconds: float) -> dict:
 
 
 def table(data: dict) -> str:
-    lines = [
-        "| model | MACs target | round-to 8: MACs kept, speedup (95% CI) | round-to auto: multiple, MACs kept, "
-        "speedup (95% CI) | layout reorders (original / 8 / auto) |",
-        "|---|---:|---|---|---|",
+    columns = [
+        "model",
+        "MACs target",
+        "round-to 8: MACs kept, speedup (95% CI)",
+        "round-to auto: multiple, MACs kept, speedup (95% CI)",
+        "layout reorders (original / 8 / auto)",
     ]
+    rows = []
     for r in data["rows"]:
-        a, b = r["8"], r["auto"]
-        ro = r["reorders"]
-        lines.append(
-            f"| {r['model']} | {r['target_macs']} | {a['macs_kept']:.3f}, **{a['speedup']:.2f}** "
-            f"({a['ci'][0]:.2f}-{a['ci'][1]:.2f}) | {b['round_to']}, {b['macs_kept']:.3f}, **{b['speedup']:.2f}** "
-            f"({b['ci'][0]:.2f}-{b['ci'][1]:.2f}) | {ro['original']} / {ro['8']} / {ro['auto']} |"
+        a, b, ro = r["8"], r["auto"], r["reorders"]
+        rows.append(
+            [
+                r["model"],
+                r["target_macs"],
+                f"{a['macs_kept']:.3f}, **{a['speedup']:.2f}** ({a['ci'][0]:.2f}-{a['ci'][1]:.2f})",
+                f"{b['round_to']}, {b['macs_kept']:.3f}, **{b['speedup']:.2f}** ({b['ci'][0]:.2f}-{b['ci'][1]:.2f})",
+                f"{ro['original']} / {ro['8']} / {ro['auto']}",
+            ]
         )
-    lines += ["", f"Machine: {data['machine']}. Command: `python benchmarks/real/rounding.py`."]
-    return "\n".join(lines)
+    return markdown_table(
+        columns, rows, "lr", [f"Machine: {data['machine']}. Command: `python benchmarks/real/rounding.py`."]
+    )
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 import tasks  # noqa: E402
-from _common import replace_section, save_rows  # noqa: E402
+from _common import markdown_table, replace_section, save_rows  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.allocation.allocate import DEFAULT_ROUND_TO  # noqa: E402
@@ -237,11 +237,19 @@ def _allocation(r: dict) -> str:
 
 
 def table(data: dict) -> str:
-    lines = [
-        "| model | metric | MACs kept | original | pruned | + reconstruct | + recalibrate | + 1 epoch distil | "
-        "CPU speedup (95% CI) | sensitivity / prune / reconstruct / distil (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    columns = [
+        "model",
+        "metric",
+        "MACs kept",
+        "original",
+        "pruned",
+        "+ reconstruct",
+        "+ recalibrate",
+        "+ 1 epoch distil",
+        "CPU speedup (95% CI)",
+        "sensitivity / prune / reconstruct / distil (s)",
     ]
+    rows = []
     for r in data["rows"]:
         name, orig = primary(r["original"])
         cells = [
@@ -251,20 +259,25 @@ def table(data: dict) -> str:
         if r.get("distill_from") == "reconstruct+recalibrate":
             cells[-1] += "*"
         sp = r["speed"]
-        lines.append(
-            f"| {r['model']} ({r['criterion']}, {_allocation(r)}) | {name} | "
-            f"{r['macs_kept']:.2f} | {orig:.1f} | {' | '.join(cells)} | "
-            f"{sp['speedup']:.2f} ({sp['ci'][0]:.2f}-{sp['ci'][1]:.2f}) | {r.get('sensitivity_s', '–')} / "
-            f"{r['prune_s']:.0f} / {r['reconstruct_s']:.0f} / {r.get('distill_s', '–')} |"
+        rows.append(
+            [
+                f"{r['model']} ({r['criterion']}, {_allocation(r)})",
+                name,
+                f"{r['macs_kept']:.2f}",
+                f"{orig:.1f}",
+                *cells,
+                f"{sp['speedup']:.2f} ({sp['ci'][0]:.2f}-{sp['ci'][1]:.2f})",
+                f"{r.get('sensitivity_s', '–')} / {r['prune_s']:.0f} / {r['reconstruct_s']:.0f} / "
+                f"{r.get('distill_s', '–')}",
+            ]
         )
-    lines += [
-        "",
+    note = (
         f"Machine: {data['machine']}. Command: `python benchmarks/real/run.py` (`--criteria obs --allocations "
         "sensitivity` for the sensitivity rows; the sensitivity time is paid once per model, not per row). "
         "Distillation starts from the reconstructed model, or from the recalibrated one where marked * (the "
-        "one that scored higher on the validation split).",
-    ]
-    return "\n".join(lines)
+        "one that scored higher on the validation split)."
+    )
+    return markdown_table(columns, rows, "llrrrrrr", [note])
 
 
 if __name__ == "__main__":
