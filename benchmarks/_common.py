@@ -51,7 +51,12 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            info = f.read().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
+        flags = next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), [])
+        # the same VM name has run on hosts with and without AVX-512 (AMD EPYC family 25, models 1 and 17):
+        # onnxruntime's kernels and channel blocks differ, and its times by up to 3x
+        cpu += " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
     except OSError:
         pass
     import onnxruntime
