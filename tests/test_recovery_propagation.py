@@ -526,8 +526,9 @@ def test_a_segment_of_constants_alone_still_gives_every_batch_its_value():
 def test_the_original_pass_reads_the_statistics_tensors_on_the_statistics_batches_alone(monkeypatch):
     """With reconstruction and recalibration the refit's targets come from every batch and the
     statistics from a few spread over the set: the original is run on every batch for the targets and
-    again on those few for the statistics, never reading a statistics tensor (each read costs the pass a
-    fusion) on the others. The result is that of the statistics taken apart on the same batches."""
+    again on those few for the statistics, never reading a statistics tensor (each read costs every batch
+    a copy out of onnxruntime's blocked layout) on the others. The result is that of the statistics
+    taken apart on the same batches."""
     from onnxprune.recovery import sweep
     from onnxprune.recovery.passes import moments
 
