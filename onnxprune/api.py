@@ -249,6 +249,7 @@ def _prune_once(report: AnalysisReport, opts: PruneOptions, plan: PruningPlan | 
         groups,
         rescaled,
         recovered,
+        list(analysis.notes),
     )
     return pruned, rep
 

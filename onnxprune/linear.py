@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups.rules._util import attr
+from .pads import node_pads
 
 LINEAR = ("Conv", "Gemm", "MatMul")
 
@@ -63,8 +64,6 @@ def as_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[L
     if node.op_type == "Conv":
         if len(w.dims) != 4:
             return None, "only 2-D convolutions are refitted"
-        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-            return None, "auto_pad SAME"
         return Layer(node.name, "Conv", node.input[1], bias, int(attr(node, "group", 1))), ""
     if len(w.dims) != 2:
         return None, "weight is not a matrix"
@@ -177,11 +176,10 @@ def patches(
     tensor, or indexing it element by element, cost more than the least squares themselves."""
     if layer.op_type != "Conv":
         return np.asarray(x.reshape(-1, x.shape[-1])[pos], dtype=dtype)[:, None, :]
-    h, w = x.shape[2:]
     kh, kw = k_shape
-    pads = list(attr(node, "pads", [0, 0, 0, 0]))
     sh, sw = attr(node, "strides", [1, 1])
     dh, dw = attr(node, "dilations", [1, 1])
+    pads = node_pads(node, x.shape[2:], k_shape)
     if kh == kw == 1 and not any(pads):
         p = x[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw]  # m x C
         return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)

@@ -37,6 +37,7 @@ class AnalysisReport:
                 "source_channels": self.analysis.source_channels,
                 "prunable_channel_fraction": round(self.prunable_channel_fraction, 6),
             },
+            "notes": list(self.analysis.notes),
         }
 
     def table(self, limit: int = 0) -> str:
@@ -57,6 +58,7 @@ class AnalysisReport:
             f"{self.analysis.source_channels}, MACs: {self.counts.macs / 1e6:.2f} M, "
             f"params: {self.counts.params / 1e6:.3f} M"
         )
+        lines += [f"note: {n}" for n in self.analysis.notes]
         return "\n".join(lines)
 
 
@@ -71,6 +73,7 @@ class PruneReport:
     groups: list[dict] = field(default_factory=list)
     rescaled: list[str] = field(default_factory=list)  # consumers whose weights ThiNet's least squares changed
     recovery: dict = field(default_factory=dict)  # layers changed by each recovery step, skipped layers, times
+    notes: list[str] = field(default_factory=list)  # the analysis's notes (layers that make no group)
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +88,7 @@ class PruneReport:
             "timings_s": self.timings,
             "groups": self.groups,
             "plan": self.plan,
+            "notes": self.notes,
         }
 
     def summary(self) -> str:

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from .errors import OnnxPruneError
+from .pads import explicit_pads
 
 OPS = {}
 
@@ -236,18 +237,17 @@ def _pad_for(t, x, pads, value=0.0):
     return t.nn.functional.pad(x, flat, value=value)
 
 
-def _auto_pads(a, k_spatial):
-    pads = a.get("pads", [0] * (2 * k_spatial))
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise OnnxPruneError("torch evaluation: auto_pad SAME_* is not supported")
-    return list(pads)
+def _auto_pads(a, x, kernel):
+    """Explicit pads of a Conv or pool reading ``x`` with ``kernel`` (its spatial dims)."""
+    k = len(kernel)
+    return explicit_pads(a.get("auto_pad"), a.get("pads"), x.shape[-k:], kernel, a.get("strides"), a.get("dilations"))
 
 
 @op("Conv")
 def _conv(t, x, a, n):
     w = x[1]
     k = w.dim() - 2
-    xin = _pad_for(t, x[0], _auto_pads(a, k))
+    xin = _pad_for(t, x[0], _auto_pads(a, x[0], w.shape[2:]))
     f = {1: t.nn.functional.conv1d, 2: t.nn.functional.conv2d, 3: t.nn.functional.conv3d}[k]
     return f(
         xin,
@@ -263,7 +263,9 @@ def _conv(t, x, a, n):
 def _convt(t, x, a, n):
     w = x[1]
     k = w.dim() - 2
-    pads = _auto_pads(a, k)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise OnnxPruneError("torch evaluation: auto_pad SAME_* on ConvTranspose is not supported")
+    pads = explicit_pads(a.get("auto_pad"), a.get("pads"), x[0].shape[2:], w.shape[2:])
     if pads[:k] != pads[k:]:
         raise OnnxPruneError("torch evaluation: asymmetric ConvTranspose pads")
     f = {1: t.nn.functional.conv_transpose1d, 2: t.nn.functional.conv_transpose2d}[k]
@@ -328,7 +330,7 @@ def _softmax(t, x, a, n):
 @op("MaxPool", "AveragePool")
 def _pool(t, x, a, n):
     k = len(a["kernel_shape"])
-    pads = _auto_pads(a, k)
+    pads = _auto_pads(a, x[0], a["kernel_shape"])
     fill = -math.inf if n.op_type == "MaxPool" else 0.0
     xin = _pad_for(t, x[0], pads, fill)
     F = t.nn.functional

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -152,3 +154,38 @@ def test_exporter_shape_annotations_survive_the_rewrite_resized():
     assert got == {a: ["N", kept, "H", "W"], r: ["N", None, "H", "W"], c: ["N", 4, "H", "W"]}
     x = np.random.default_rng(0).standard_normal((2, 3, 12, 20)).astype(np.float32)
     assert run_model(pruned, {"x": x})[0].shape == (2, 4, 1, 1)
+
+
+@pytest.mark.parametrize("fmt", ["dynamic", "qdq"])
+def test_a_quantized_model_says_its_integer_layers_are_not_pruned_and_still_counts_them(tmp_path, fmt):
+    """A quantized export makes no groups (scores, rewrite and proof work on float weights, and a
+    dynamically quantized activation's scale spans every channel): analyze and prune say so, and the
+    MACs and parameters still count the quantized layers."""
+    quant = pytest.importorskip("onnxruntime.quantization")
+    from test_cli import run
+
+    b = G(shape=(1, 4, 8, 8))
+    b.output(b.conv(b.op("Relu", [b.conv(b.x, 4, 8)]), 8, 4))
+    fp32, q8 = str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")
+    onnx.save(b.model(), fp32)
+    if fmt == "dynamic":
+        quant.quantize_dynamic(fp32, q8, weight_type=quant.QuantType.QUInt8)
+    else:
+
+        class Reader(quant.CalibrationDataReader):
+            def __init__(self):
+                self.feeds = iter([{"x": np.ones((1, 4, 8, 8), np.float32)}])
+
+            def get_next(self):
+                return next(self.feeds, None)
+
+        quant.quantize_static(fp32, q8, Reader(), quant_format=quant.QuantFormat.QDQ)
+    rep, ref = onnxprune.analyze(q8), onnxprune.analyze(fp32)
+    assert not any(g.prunable for g in rep.groups) and len(rep.analysis.notes) == 1
+    kind = "2 ConvInteger" if fmt == "dynamic" else "QuantizeLinear"
+    assert kind in rep.analysis.notes[0] and rep.to_json()["notes"] == rep.analysis.notes
+    assert rep.counts.macs == ref.counts.macs  # the 8-bit weights are parameters (with a few scales)
+    assert ref.counts.params <= rep.counts.params <= 1.05 * ref.counts.params
+    assert not ref.analysis.notes
+    rc, _, err = run("prune", q8, "-o", str(tmp_path / "p.onnx"), "--ratio", "0.3")
+    assert rc == 0 and "quantized layers are not pruned" in err and not os.path.exists(tmp_path / "p.onnx")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..count import FLOAT_TYPES, Counts, count, node_macs
+from ..count import PARAM_TYPES, Counts, count, node_macs
 from ..errors import OnnxPruneError
 from ..plan import Keep, PruningPlan
 
@@ -61,7 +61,7 @@ def counts_of(graph, analysis, plan) -> Counts:
             readers.setdefault(i, []).append((n.name, k))
     params = 0
     for t in graph.model.graph.initializer:
-        if t.data_type not in FLOAT_TYPES:
+        if t.data_type not in PARAM_TYPES:
             continue
         rs = readers.get(t.name, [])
         copies = [r for r in rs if r in sliced and tuple(sliced[r]) != tuple(t.dims)]

@@ -342,13 +342,15 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if not any(g["prunable"] for g in report.groups):
+        why = "".join(f"; {n}" for n in report.notes)
         if not args.copy_unprunable:
             log.warning(
-                "no prunable groups: nothing to prune; no output written (--copy-unprunable writes an "
-                "unchanged copy; `onnxprune analyze` shows why each group is frozen)"
+                "no prunable groups%s: nothing to prune; no output written (--copy-unprunable writes an "
+                "unchanged copy; `onnxprune analyze` shows why each group is frozen)",
+                why,
             )
             return 0
-        log.warning("no prunable groups: nothing to prune; the output is an unchanged copy")
+        log.warning("no prunable groups%s: nothing to prune; the output is an unchanged copy", why)
     task = None
     if args.task:  # before anything is written: a failing task leaves no output behind
         task = {"original": evaluate_task(read_model(args.model), args.task), "pruned": evaluate_task(model, args.task)}

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from ..data import open_data
 from ..errors import OnnxPruneError
 from ..groups.rules._util import attr
+from ..pads import node_pads
 from ..plan import Keep
 from ..progress import bar
 from ..runtime import session_with_outputs
@@ -35,9 +36,7 @@ def _consumers(graph, analysis):
         node = nodes[node_name]
         if k != 0 or node.op_type not in SUPPORTED or graph.const(node.input[1]) is None:
             continue
-        if node.op_type == "Conv" and (
-            int(attr(node, "group", 1)) != 1 or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
-        ):
+        if node.op_type == "Conv" and int(attr(node, "group", 1)) != 1:
             continue
         if node.op_type == "Gemm" and int(attr(node, "transA", 0)):
             continue
@@ -48,9 +47,9 @@ def _consumers(graph, analysis):
 def _conv_samples(node, x, w, out_shape, m, rng):
     n_img, c = x.shape[:2]
     kh, kw = w.shape[2:]
-    pads = attr(node, "pads", [0, 0, 0, 0])
     sh, sw = attr(node, "strides", [1, 1])
     dh, dw = attr(node, "dilations", [1, 1])
+    pads = node_pads(node, x.shape[2:], (kh, kw))
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     n = rng.integers(0, n_img, m)
     o = rng.integers(0, w.shape[0], m)

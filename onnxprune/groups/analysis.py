@@ -45,6 +45,40 @@ def trace(graph: Graph) -> Context:
     return ctx
 
 
+#: the ops of quantized models: integer layers and (de)quantization; none has a channel rule
+QUANTIZED_OPS = {
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QAttention",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+}
+
+
+def quantized_note(graph: Graph) -> str:
+    """Why a quantized model's layers make no groups or freeze, or "" when it has no quantized ops:
+    channel scores, the rewrite and its exactness proof work on float weights, and a dynamically
+    quantized activation's scale is taken over every channel, so removing one changes the rounding of
+    the others."""
+    ops: dict[str, int] = {}
+    for node in graph.model.graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    if not ops:
+        return ""
+    what = ", ".join(f"{n} {op}" for op, n in sorted(ops.items()))
+    return (
+        f"quantized layers are not pruned ({what}): prune the float model, then quantize "
+        "(README: prune -> reconstruct -> fine-tune -> quantize)"
+    )
+
+
 def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis:
     ctx = trace(graph)
     roots = ctx.uf.roots()
@@ -103,4 +137,5 @@ def analyse(graph: Graph, exclude: list[str] | tuple[str, ...] = ()) -> Analysis
         expected=ctx.labelled,
         stat_masks=ctx.stat_masks,
         source_channels=sum(s.n for s in ctx.sources),
+        notes=[n for n in [quantized_note(graph)] if n],
     )

@@ -70,6 +70,8 @@ class Analysis:
     expected: dict[str, np.ndarray] = field(default_factory=dict)  # tensor -> labels (for shape checks)
     stat_masks: list[tuple[str, np.ndarray, list[int]]] = field(default_factory=list)
     source_channels: int = 0
+    #: why layers the graph holds are no groups' sources at all (quantized integer layers)
+    notes: list[str] = field(default_factory=list)
 
     def atom_index(self) -> tuple[np.ndarray, np.ndarray]:
         """Per atom: its group id and channel index within the group (-1 for none)."""

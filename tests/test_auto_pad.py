@@ -1,0 +1,138 @@
+"""Convolutions and pools padded by ``auto_pad`` (SAME_UPPER / SAME_LOWER), as paddle2onnx writes the
+PP-HGNetV2 stem of PP-OCRv5/v6 models: evaluated, sampled and refitted with the pads onnxruntime uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphs import G
+from helpers import outputs
+
+import onnxprune
+from onnxprune.linear import Layer, patches, to_mats
+from onnxprune.pads import explicit_pads
+
+CASES = [
+    # (kernel, stride, dilation, spatial): an even kernel is where UPPER and LOWER differ
+    (2, 1, 1, 7),
+    (2, 2, 1, 7),
+    (3, 2, 1, 8),
+    (5, 1, 1, 9),
+    (4, 3, 1, 10),
+]
+
+
+def _same_conv(mode: str, k: int, s: int, d: int, size: int):
+    b = G(shape=(2, 3, size, size + 1), seed=3)
+    w = b.const(b.rng.standard_normal((5, 3, k, k)).astype(np.float32))
+    bias = b.const(b.rng.standard_normal(5).astype(np.float32))
+    b.output(b.op("Conv", [b.x, w, bias], kernel_shape=[k, k], strides=[s, s], dilations=[d, d], auto_pad=mode))
+    return b.model()
+
+
+def test_explicit_pads_put_the_odd_pad_where_the_mode_says():
+    assert explicit_pads(b"SAME_UPPER", None, (7,), (2,)) == [0, 1]
+    assert explicit_pads(b"SAME_LOWER", None, (7,), (2,)) == [1, 0]
+    assert explicit_pads("SAME_UPPER", None, (8, 8), (3, 3), (2, 2)) == [0, 0, 1, 1]
+    assert explicit_pads(b"VALID", [1, 1, 1, 1], (8, 8), (3, 3)) == [0, 0, 0, 0]
+    assert explicit_pads(b"NOTSET", [1, 2, 3, 4], (8, 8), (3, 3)) == [1, 2, 3, 4]
+    assert explicit_pads(None, None, (8,), (3,)) == [0, 0]
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("k,s,d,size", CASES)
+def test_torch_evaluation_pads_a_same_conv_as_onnxruntime(mode, k, s, d, size):
+    torch = pytest.importorskip("torch")
+    from onnxprune.torch_eval import TorchGraph
+
+    m = _same_conv(mode, k, s, d, size)
+    g = onnxprune.load(m)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size + 1)).astype(np.float32)
+    want = outputs(m, {"x": x})[0]
+    with torch.no_grad():
+        got, _ = TorchGraph(g.model, g.consts).run({"x": x})
+    assert got[0].shape == want.shape
+    np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("k,s,size", [(2, 1, 7), (3, 2, 8), (2, 2, 9)])
+def test_torch_evaluation_pads_a_same_pool_as_onnxruntime(op, mode, k, s, size):
+    torch = pytest.importorskip("torch")
+    from onnxprune.torch_eval import TorchGraph
+
+    b = G(shape=(1, 3, size, size))
+    b.output(b.op(op, [b.x], kernel_shape=[k, k], strides=[s, s], auto_pad=mode))
+    m = b.model()
+    x = np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32) - 2  # pads must not win a max
+    want = outputs(m, {"x": x})[0]
+    with torch.no_grad():
+        got, _ = TorchGraph(m, {}).run({"x": x})
+    np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("k,s,d,size", CASES)
+def test_refit_windows_are_the_ones_a_same_conv_reads(mode, k, s, d, size):
+    """The refit's rows times the weights give onnxruntime's outputs at the sampled positions: a window
+    shifted by one pad (SAME_UPPER read as SAME_LOWER) would not."""
+    m = _same_conv(mode, k, s, d, size)
+    node = m.graph.node[0]
+    g = onnxprune.load(m)
+    w, bias = g.consts[node.input[1]].astype(np.float64), g.consts[node.input[2]].astype(np.float64)
+    x = np.random.default_rng(2).standard_normal((2, 3, size, size + 1)).astype(np.float32)
+    y = outputs(m, {"x": x})[0]
+    n, _, h, wd = y.shape
+    pos = np.stack(np.unravel_index(np.arange(n * h * wd), (n, h, wd)), 1)  # every output position
+    lay = Layer(node=node.name, op_type="Conv", weight=node.input[1], bias=node.input[2], groups=1)
+    rows = patches(lay, node, x, pos, (k, k))[:, 0, :]
+    got = rows @ to_mats(lay, w)[0] + bias
+    np.testing.assert_allclose(got, y[pos[:, 0], :, pos[:, 1], pos[:, 2]], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_a_same_padded_consumer_is_refitted_exactly(mode):
+    """Conv A's channels 4 and 5 are combinations of 0-3: once they are removed, the 2x2 SAME-padded
+    consumer B can be refitted to the original's outputs exactly, and is (it used to be left out)."""
+    b = G(shape=(2, 4, 9, 9), seed=1)
+    rng = np.random.default_rng(5)
+    wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
+    wa[5] = wa[1] + 0.25 * wa[3]
+    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1, 1])
+    b.nodes[-1].name = "A"
+    wb = b.const(rng.standard_normal((5, 6, 2, 2)).astype(np.float32))
+    bias = b.const(rng.standard_normal(5).astype(np.float32))
+    b.output(b.op("Conv", [a, wb, bias], kernel_shape=[2, 2], auto_pad=mode))
+    b.nodes[-1].name = "B"
+    m = b.model()
+    rep = onnxprune.analyze(m)
+    gid = next(grp.id for grp in rep.groups if "A" in grp.sources)
+    plan = onnxprune.PruningPlan({gid: [4, 5]})
+    data = [{"x": np.random.default_rng(k).standard_normal((2, 4, 9, 9)).astype(np.float32)} for k in range(8)]
+    plain, _ = onnxprune.prune(m, plan=plan)
+    fitted, rep = onnxprune.prune(m, plan=plan, data=data, recovery=onnxprune.RecoveryOptions(ridge=0.0))
+    assert rep.recovery["reconstructed"] == ["B"]
+    feeds = {"x": np.random.default_rng(9).standard_normal((2, 4, 9, 9)).astype(np.float32)}
+    ref = outputs(m, feeds)[0]
+    assert np.abs(outputs(plain, feeds)[0] - ref).max() > 0.1
+    np.testing.assert_allclose(outputs(fitted, feeds)[0], ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_thinet_samples_a_same_conv_at_the_windows_it_reads(mode):
+    """ThiNet's per-channel contributions at a sampled output add up to onnxruntime's output there."""
+    from onnxprune.criteria.thinet import _conv_samples
+
+    m = _same_conv(mode, 2, 1, 1, 7)
+    node = m.graph.node[0]
+    g = onnxprune.load(m)
+    w, bias = g.consts[node.input[1]], g.consts[node.input[2]]
+    x = np.random.default_rng(4).standard_normal((2, 3, 7, 8)).astype(np.float32)
+    y = outputs(m, {"x": x})[0]
+    contrib = _conv_samples(node, x, w, y.shape, 64, np.random.default_rng(0))
+    rng = np.random.default_rng(0)  # the draws _conv_samples made, in its order
+    n, o = rng.integers(0, 2, 64), rng.integers(0, 5, 64)
+    h, v = rng.integers(0, y.shape[2], 64), rng.integers(0, y.shape[3], 64)
+    np.testing.assert_allclose(contrib.sum(1) + bias[o], y[n, o, h, v], rtol=1e-4, atol=1e-4)
