@@ -189,3 +189,16 @@ def test_a_quantized_model_says_its_integer_layers_are_not_pruned_and_still_coun
     assert not ref.analysis.notes
     rc, _, err = run("prune", q8, "-o", str(tmp_path / "p.onnx"), "--ratio", "0.3")
     assert rc == 0 and "quantized layers are not pruned" in err and not os.path.exists(tmp_path / "p.onnx")
+
+
+def test_a_state_input_carrying_the_batch_on_another_axis_gets_the_same_batch_when_verifying():
+    """Verification runs a dynamic batch of 2; a recurrent state (2, batch, C) beside the input (batch,
+    ...) must get batch 2 on its second axis too, or the model cannot run (silero-vad's LSTM state)."""
+    b = G(shape=("batch", 4, 8, 8))
+    b.inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, "batch", 8]))
+    a = b.op("GlobalAveragePool", [b.op("Relu", [b.conv(b.x, 4, 8)])])
+    flat = b.op("Reshape", [a, b.const(np.array([0, -1], np.int64))])
+    state = b.op("Gather", ["s", b.const(np.array(0, np.int64))], axis=0)
+    b.output(b.op("Concat", [b.conv(b.x, 4, 4), b.conv(b.x, 4, 4)], axis=1))
+    b.output(b.op("Concat", [flat, state], axis=1))
+    _prune_and_check(b.model(), shapes=["x:1x4x8x8", "s:2x1x8"])
