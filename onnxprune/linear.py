@@ -1,11 +1,12 @@
-"""The linear layers that recovery refits and the obs criterion scores: Conv (2-D, any group), Gemm and
-MatMul with a constant weight.
+"""The linear layers that recovery refits and the obs criterion scores: Conv (1-D or 2-D, any group), Gemm
+and MatMul with a constant weight.
 
 Every layer is seen as G independent matrices ``(G, K, Og)`` -- G the Conv groups (1 for dense layers), K
 the inputs one output reads (Cg x kh x kw for a Conv), Og the outputs per group -- so least squares,
 bias folding and per-channel rescaling are written once for every kind. Sample rows are drawn at
 positions chosen from the *output* shape alone, so the original and the pruned model (which differ only
-in channel counts) are sampled at the same images and pixels.
+in channel counts) are sampled at the same images and pixels. A 1-D Conv (audio, text) is read as a
+2-D one of height 1.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def as_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[L
     if bias is not None and (bias not in inits or uses.get(bias, 0) > 1):
         return None, "bias is not a constant of its own"
     if node.op_type == "Conv":
-        if len(w.dims) != 4:
-            return None, "only 2-D convolutions are refitted"
+        if len(w.dims) not in (3, 4):
+            return None, "only 1-D and 2-D convolutions are refitted"
         return Layer(node.name, "Conv", node.input[1], bias, int(attr(node, "group", 1))), ""
     if len(w.dims) != 2:
         return None, "weight is not a matrix"
@@ -144,7 +145,7 @@ def positions(layer: Layer, out_shape: tuple[int, ...], m: int, rng: np.random.G
     replacement they would repeat (vgg11's 4,609-wide normal equations built from 16x the rows the data
     has) and weigh the rows unevenly, at random."""
     if layer.op_type == "Conv":
-        n, _, h, w = out_shape
+        n, _, h, w = out_shape if len(out_shape) == 4 else (*out_shape[:2], 1, out_shape[2])  # 1-D: height 1
         if n * h * w <= m:
             return np.stack(np.unravel_index(np.arange(n * h * w), (n, h, w)), 1)
         return np.stack([rng.integers(0, n, m), rng.integers(0, h, m), rng.integers(0, w, m)], 1)
@@ -160,6 +161,7 @@ def outputs_at(layer: Layer, y: np.ndarray, pos: np.ndarray, channels: np.ndarra
     if channels is not None and len(channels) == y.shape[1 if layer.op_type == "Conv" else -1]:
         channels = None
     if layer.op_type == "Conv":
+        y = y if y.ndim == 4 else y[:, :, None, :]
         rows = y[pos[:, 0], :, pos[:, 1], pos[:, 2]]
         return rows if channels is None else rows[:, channels]
     flat = y.reshape(-1, y.shape[-1])
@@ -176,10 +178,13 @@ def patches(
     tensor, or indexing it element by element, cost more than the least squares themselves."""
     if layer.op_type != "Conv":
         return np.asarray(x.reshape(-1, x.shape[-1])[pos], dtype=dtype)[:, None, :]
-    kh, kw = k_shape
-    sh, sw = attr(node, "strides", [1, 1])
-    dh, dw = attr(node, "dilations", [1, 1])
     pads = node_pads(node, x.shape[2:], k_shape)
+    strides = list(attr(node, "strides", [1] * len(k_shape)))
+    dilations = list(attr(node, "dilations", [1] * len(k_shape)))
+    if x.ndim == 3:  # 1-D: a 2-D Conv of height 1
+        x, k_shape = x[:, :, None, :], (1, *k_shape)
+        pads, strides, dilations = [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
+    (kh, kw), (sh, sw), (dh, dw) = k_shape, strides, dilations
     if kh == kw == 1 and not any(pads):
         p = x[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw]  # m x C
         return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)

@@ -368,6 +368,32 @@ def _shapes_from_runtime(model, input_shapes, names, consts=None) -> dict[str, t
     return {n: tuple(v.shape) for n, v in zip(names, outs) if hasattr(v, "shape")}
 
 
+def batch_axes(model: onnx.ModelProto, names) -> dict[str, list[int]]:
+    """Per input in ``names``, the axes that carry the batch: every dynamic dim named as some input's
+    dynamic first dim is, wherever it stands (a recurrent state (2, batch, 128) beside an input (batch,
+    samples)), and a dynamic first dim without a name. None when every input's first dim is static."""
+    inputs = [i for i in model.graph.input if i.name in names]
+    dims = {i.name: list(i.type.tensor_type.shape.dim) for i in inputs}
+    batch = {d[0].dim_param for d in dims.values() if d and not d[0].HasField("dim_value") and d[0].dim_param}
+    return {
+        name: [
+            k
+            for k, d in enumerate(ds)
+            if not d.HasField("dim_value") and (d.dim_param in batch if d.dim_param else k == 0)
+        ]
+        for name, ds in dims.items()
+    }
+
+
+def with_batch(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], b: int) -> dict[str, tuple[int, ...]]:
+    """``input_shapes`` with ``b`` on every batch axis (``batch_axes``); scalars and static dims unchanged."""
+    axes = batch_axes(model, input_shapes)
+    return {
+        name: tuple(b if k in axes.get(name, ()) else v for k, v in enumerate(shape))
+        for name, shape in input_shapes.items()
+    }
+
+
 def random_feeds(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], seed: int = 0
 ) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from .errors import OnnxPruneError, VerificationError
 from .groups import Analysis
 from .groups.rules._util import attr
-from .load import Graph, elem_types, random_feeds
+from .load import Graph, elem_types, random_feeds, with_batch
 from .plan import Keep, PruningPlan
 from .runtime import is_in_memory_stub, make_session, run_model
 from .torch_eval import TorchGraph
@@ -264,21 +264,8 @@ def _selector(keep: Keep, labels: np.ndarray | None):
 
 
 def _random_feed(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """Inputs with a dynamic batch get a batch of 2, which also checks batch mixing. The batch is every
-    dim named as an input's first dynamic dim is, wherever it stands (a recurrent state (2, batch, 128)
-    beside an input (batch, samples)), or the first dim alone when it has no name."""
-    shapes = dict(graph.input_shapes)
-    inputs = [i for i in graph.model.graph.input if i.name in shapes]
-    first = [i.type.tensor_type.shape.dim[0] for i in inputs if i.type.tensor_type.shape.dim]
-    batch = {d.dim_param for d in first if not d.HasField("dim_value") and d.dim_param}
-    for inp in inputs:
-        new = list(shapes[inp.name])
-        for k, d in enumerate(inp.type.tensor_type.shape.dim):
-            named = d.dim_param in batch if d.dim_param else k == 0
-            if k < len(new) and not d.HasField("dim_value") and named:
-                new[k] = 2
-        shapes[inp.name] = tuple(new)
-    return random_feeds(graph.model, shapes, seed=seed)
+    """A dynamic batch is run at 2, which also checks batch mixing."""
+    return random_feeds(graph.model, with_batch(graph.model, dict(graph.input_shapes), 2), seed=seed)
 
 
 def _structural_failure(want: np.ndarray, got: np.ndarray) -> str:

@@ -36,8 +36,9 @@ def _consumers(graph, analysis):
         node = nodes[node_name]
         if k != 0 or node.op_type not in SUPPORTED or graph.const(node.input[1]) is None:
             continue
-        if node.op_type == "Conv" and int(attr(node, "group", 1)) != 1:
-            continue
+        weight = graph.const(node.input[1])
+        if node.op_type == "Conv" and (int(attr(node, "group", 1)) != 1 or weight.ndim not in (3, 4)):
+            continue  # grouped, or a 3-D convolution
         if node.op_type == "Gemm" and int(attr(node, "transA", 0)):
             continue
         out.append((node, labels))
@@ -45,11 +46,14 @@ def _consumers(graph, analysis):
 
 
 def _conv_samples(node, x, w, out_shape, m, rng):
+    pads = node_pads(node, x.shape[2:], w.shape[2:])
+    strides = list(attr(node, "strides", [1] * (w.ndim - 2)))
+    dilations = list(attr(node, "dilations", [1] * (w.ndim - 2)))
+    if w.ndim == 3:  # 1-D: a 2-D Conv of height 1
+        x, w, out_shape = x[:, :, None, :], w[:, :, None, :], (*out_shape[:2], 1, out_shape[2])
+        pads, strides, dilations = [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
     n_img, c = x.shape[:2]
-    kh, kw = w.shape[2:]
-    sh, sw = attr(node, "strides", [1, 1])
-    dh, dw = attr(node, "dilations", [1, 1])
-    pads = node_pads(node, x.shape[2:], (kh, kw))
+    (kh, kw), (sh, sw), (dh, dw) = w.shape[2:], strides, dilations
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     n = rng.integers(0, n_img, m)
     o = rng.integers(0, w.shape[0], m)

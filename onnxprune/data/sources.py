@@ -19,7 +19,7 @@ import numpy as np
 from onnx import helper
 
 from ..errors import OnnxPruneError
-from ..load import random_feeds
+from ..load import batch_axes, random_feeds, with_batch
 from ..plugins import load_callable
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _check(feeds, graph) -> dict:
         arr = np.asarray(feeds[inp.name])
         want = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
         dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-        expect = "x".join("?" if d is None else str(d) for d in dims)
+        expect = "x".join("?" if d is None else str(d) for d in dims) or "a scalar"
         if arr.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims, arr.shape)):
             raise OnnxPruneError(
                 f"data for input '{inp.name}' has shape {'x'.join(map(str, arr.shape))}, the model expects {expect}"
@@ -125,7 +125,10 @@ def _check(feeds, graph) -> dict:
 
 
 def _batch_step(spec, graph) -> tuple[int, bool]:
-    """(batch size, whether the model fixes it): a static batch dim in the model sets the batch size."""
+    """(batch size, whether the model fixes it): a static batch dim in the model sets the batch size (a
+    static first dim is no batch beside an input whose batch is dynamic: a recurrent state (2, batch, C))."""
+    if any(batch_axes(graph.model, [i.name for i in _inputs(graph)]).values()):
+        return spec.batch_size, False
     fixed = [
         i.type.tensor_type.shape.dim[0].dim_value
         for i in _inputs(graph)
@@ -158,7 +161,7 @@ def _random(spec, graph, src):
     done = 0
     while done < n:
         b = min(step, n - done) if not fixed else step
-        shapes = {k: (b,) + tuple(v[1:]) for k, v in graph.input_shapes.items()}
+        shapes = with_batch(graph.model, dict(graph.input_shapes), b)
         yield random_feeds(graph.model, shapes, seed=rng_seed + done), None
         done += b
 

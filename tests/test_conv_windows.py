@@ -1,5 +1,6 @@
-"""Convolutions and pools padded by ``auto_pad`` (SAME_UPPER / SAME_LOWER), as paddle2onnx writes the
-PP-HGNetV2 stem of PP-OCRv5/v6 models: evaluated, sampled and refitted with the pads onnxruntime uses."""
+"""The windows a Conv reads, wherever they are read by hand (the torch interpreter, the refit's patches,
+ThiNet's samples): padded by ``auto_pad`` (SAME_UPPER / SAME_LOWER, as paddle2onnx writes the PP-HGNetV2
+stem of PP-OCRv6 models) and 1-D (audio and text models), as onnxruntime reads them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from graphs import G
 from helpers import outputs
 
 import onnxprune
-from onnxprune.linear import Layer, patches, to_mats
+from onnxprune.linear import Layer, outputs_at, patches, positions, to_mats
 from onnxprune.pads import explicit_pads
 
 CASES = [
@@ -136,3 +137,65 @@ def test_thinet_samples_a_same_conv_at_the_windows_it_reads(mode):
     n, o = rng.integers(0, 2, 64), rng.integers(0, 5, 64)
     h, v = rng.integers(0, y.shape[2], 64), rng.integers(0, y.shape[3], 64)
     np.testing.assert_allclose(contrib.sum(1) + bias[o], y[n, o, h, v], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,s,d,pads", [(3, 1, 1, [1, 1]), (5, 2, 1, [2, 1]), (3, 1, 2, [0, 0]), (1, 2, 1, [0, 0])])
+def test_refit_windows_of_a_1d_conv_are_the_ones_it_reads(k, s, d, pads):
+    b = G(shape=(2, 3, 17), seed=3)
+    w = b.const(b.rng.standard_normal((5, 3, k)).astype(np.float32))
+    bias = b.const(b.rng.standard_normal(5).astype(np.float32))
+    b.output(b.op("Conv", [b.x, w, bias], kernel_shape=[k], strides=[s], dilations=[d], pads=pads))
+    m = b.model()
+    node = m.graph.node[0]
+    g = onnxprune.load(m)
+    x = np.random.default_rng(2).standard_normal((2, 3, 17)).astype(np.float32)
+    y = outputs(m, {"x": x})[0]
+    lay = Layer(node=node.name, op_type="Conv", weight=node.input[1], bias=node.input[2], groups=1)
+    pos = positions(lay, y.shape, 10_000, np.random.default_rng(0))  # every output position, height 0
+    assert len(pos) == y.shape[0] * y.shape[2] and not pos[:, 1].any()
+    rows = patches(lay, node, x, pos, (k,))[:, 0, :]
+    got = rows @ to_mats(lay, g.consts[node.input[1]].astype(np.float64))[0] + g.consts[node.input[2]]
+    np.testing.assert_allclose(got, outputs_at(lay, y, pos), rtol=1e-4, atol=1e-4)
+
+
+def test_a_1d_consumer_is_refitted_exactly():
+    """As the 2-D case in test_recovery.py: channels 4 and 5 of A are combinations of 0-3, so the 1-D
+    consumer B (kernel 3, padded) can be refitted to the original's outputs exactly."""
+    b = G(shape=(2, 4, 30), seed=1)
+    rng = np.random.default_rng(5)
+    wa = rng.standard_normal((6, 4, 1)).astype(np.float32)
+    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
+    wa[5] = wa[1] + 0.25 * wa[3]
+    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1])
+    b.nodes[-1].name = "A"
+    wb, bias = b.const(rng.standard_normal((5, 6, 3)).astype(np.float32)), b.const(np.zeros(5, np.float32))
+    b.output(b.op("Conv", [a, wb, bias], kernel_shape=[3], pads=[1, 1]))
+    b.nodes[-1].name = "B"
+    m = b.model()
+    gid = next(grp.id for grp in onnxprune.analyze(m).groups if "A" in grp.sources)
+    plan = onnxprune.PruningPlan({gid: [4, 5]})
+    data = [{"x": np.random.default_rng(k).standard_normal((2, 4, 30)).astype(np.float32)} for k in range(8)]
+    fitted, rep = onnxprune.prune(m, plan=plan, data=data, recovery=onnxprune.RecoveryOptions(ridge=0.0))
+    assert rep.recovery["reconstructed"] == ["B"]
+    feeds = {"x": np.random.default_rng(9).standard_normal((2, 4, 30)).astype(np.float32)}
+    np.testing.assert_allclose(outputs(fitted, feeds)[0], outputs(m, feeds)[0], rtol=1e-3, atol=1e-3)
+
+
+def test_thinet_samples_a_1d_conv_at_the_windows_it_reads():
+    from onnxprune.criteria.thinet import _conv_samples
+
+    b = G(shape=(2, 3, 17), seed=3)
+    w = b.const(b.rng.standard_normal((5, 3, 3)).astype(np.float32))
+    bias = b.const(b.rng.standard_normal(5).astype(np.float32))
+    b.output(b.op("Conv", [b.x, w, bias], kernel_shape=[3], strides=[2], pads=[1, 0]))
+    m = b.model()
+    node = m.graph.node[0]
+    g = onnxprune.load(m)
+    x = np.random.default_rng(4).standard_normal((2, 3, 17)).astype(np.float32)
+    y = outputs(m, {"x": x})[0]
+    contrib = _conv_samples(node, x, g.consts[node.input[1]], y.shape, 64, np.random.default_rng(0))
+    rng = np.random.default_rng(0)  # the draws _conv_samples made, in its order
+    n, o = rng.integers(0, 2, 64), rng.integers(0, 5, 64)
+    rng.integers(0, 1, 64)  # the height: 0
+    v = rng.integers(0, y.shape[2], 64)
+    np.testing.assert_allclose(contrib.sum(1) + g.consts[node.input[2]][o], y[n, o, v], rtol=1e-4, atol=1e-4)
