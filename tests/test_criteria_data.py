@@ -269,3 +269,26 @@ def test_taylor_prunes_and_prefers_informative_channels(trained_models):
         pruned, _ = onnxprune.prune(model, criterion=crit, ratio=0.1, data=CALIB, reconstruct=False, round_to=1)
         acc[crit] = onnxprune.evaluate(pruned, SAMPLES)["top1"]
     assert acc["taylor"] > acc["random"], acc
+
+
+def test_random_data_puts_the_batch_on_every_batch_axis_and_none_on_a_scalar():
+    """silero-vad's inputs: audio (batch, samples), a state (2, batch, 128) and a scalar sample rate. The
+    state's static first dim is no fixed batch size, and the scalar gets no batch axis."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.data import open_data
+
+    b = G(shape=("batch", 4, 8, 8))
+    b.inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, "batch", 8]))
+    b.inputs.append(helper.make_tensor_value_info("sr", TensorProto.INT64, []))
+    a = b.op("Reshape", [b.op("GlobalAveragePool", [b.conv(b.x, 4, 8)]), b.const(np.array([0, -1], np.int64))])
+    g = b.op("Gather", ["s", b.const(np.array(0, np.int64))], axis=0)
+    b.output(b.op("Mul", [b.op("Concat", [a, g], axis=1), b.op("Cast", ["sr"], to=TensorProto.FLOAT)]))
+    graph = onnxprune.load(b.model(), ["x:1x4x8x8", "s:2x1x8"])
+    shapes = [
+        {k: v.shape for k, v in feeds.items()}
+        for feeds, _ in open_data(onnxprune.DataSpec("random:5", batch_size=2), graph)
+    ]
+    assert shapes == [{"x": (2, 4, 8, 8), "s": (2, 2, 8), "sr": ()}] * 2 + [
+        {"x": (1, 4, 8, 8), "s": (2, 1, 8), "sr": ()}
+    ]
