@@ -326,6 +326,106 @@ def _softmax(t, x, a, n):
     return f(x[0], dim=a.get("axis", -1))
 
 
+# --- recurrent -----------------------------------------------------------------------------------------
+#: ONNX's names of the activations a recurrent op may list, as torch functions; the defaults per op
+_ACT = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu"}
+_DEFAULT_ACT = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+
+
+def _recurrent_setup(t, x, a, n):
+    """(X as (seq, batch, in), W, R, B, initial state(s) as (dirs, batch, hidden), directions, activations)."""
+    op = n.op_type
+    if a.get("input_forget", 0):
+        raise OnnxPruneError(f"torch evaluation: {op} with input_forget")
+    if a.get("activation_alpha") or a.get("activation_beta"):
+        raise OnnxPruneError(f"torch evaluation: {op} activations with alpha/beta")
+    layout = a.get("layout", 0)
+    xs = x[0].transpose(0, 1) if layout else x[0]
+    direction = a.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    names = [v.decode() if isinstance(v, bytes) else v for v in a.get("activations", [])]
+    names = names or _DEFAULT_ACT[op] * len(dirs)
+    if any(v not in _ACT for v in names):
+        raise OnnxPruneError(f"torch evaluation: {op} activation(s) {sorted(set(names) - set(_ACT))}")
+    per = len(_DEFAULT_ACT[op])
+    acts = [[getattr(t, _ACT[v]) for v in names[d * per : (d + 1) * per]] for d in range(len(dirs))]
+    lens = x[4] if len(x) > 4 else None
+    if lens is not None and bool((lens != xs.shape[0]).any()):
+        raise OnnxPruneError(f"torch evaluation: {op} with sequence_lens shorter than the sequence")
+    hidden = int(a["hidden_size"])
+    states = []
+    for k in (5, 6) if op == "LSTM" else (5,):
+        s0 = x[k] if len(x) > k and x[k] is not None else None
+        if s0 is None:
+            s0 = t.zeros((len(dirs), xs.shape[1], hidden), dtype=xs.dtype)
+        states.append(s0.transpose(0, 1) if layout else s0)
+    b = x[3] if len(x) > 3 and x[3] is not None else t.zeros((len(dirs), 2 * x[1].shape[1]), dtype=xs.dtype)
+    return xs, x[1], x[2], b, states, dirs, acts, layout
+
+
+def _recurrent_out(t, ys, finals, layout):
+    """Y (seq, dirs, batch, hidden) and the final states, in the op's layout."""
+    y = t.stack(ys, 1)
+    if layout:
+        return [y.permute(2, 0, 1, 3), *[f.transpose(0, 1) for f in finals]]
+    return [y, *finals]
+
+
+def _clip(t, v, a):
+    c = a.get("clip")
+    return v if c is None else t.clamp(v, -c, c)
+
+
+@op("LSTM", "GRU", "RNN")
+def _recurrent(t, x, a, n):
+    """ONNX's LSTM (gates i, o, f, c; peepholes), GRU (z, r, h; linear_before_reset) and RNN, one step at a
+    time: plain torch ops, so float64 and gradients work as for every other op (torch.nn.LSTM orders its
+    gates i, f, g, o and has no peepholes or clip)."""
+    xs, w, r, b, states, dirs, acts, layout = _recurrent_setup(t, x, a, n)
+    hidden = int(a["hidden_size"])
+    steps = xs.shape[0]
+    ys, finals = [], [[] for _ in states]
+    for d, direction in enumerate(dirs):
+        wb, rb = b[d, : b.shape[1] // 2], b[d, b.shape[1] // 2 :]
+        xw = t.matmul(xs, w[d].T) + wb  # every step's input projection at once
+        h = states[0][d]
+        c = states[1][d] if n.op_type == "LSTM" else None
+        out = [None] * steps
+        for step in range(steps) if direction == "forward" else reversed(range(steps)):
+            if n.op_type == "LSTM":
+                f, g, hh = acts[d]
+                z = xw[step] + t.matmul(h, r[d].T) + rb
+                zi, zo, zf, zc = z.split(hidden, -1)
+                p = x[7][d] if len(x) > 7 and x[7] is not None else None
+                pi, po, pf = p.split(hidden) if p is not None else (0, 0, 0)
+                i = f(_clip(t, zi + pi * c, a))
+                fg = f(_clip(t, zf + pf * c, a))
+                c = fg * c + i * g(_clip(t, zc, a))
+                o = f(_clip(t, zo + po * c, a))
+                h = o * hh(c)
+            elif n.op_type == "GRU":
+                f, g = acts[d]
+                xz, xr, xh = xw[step].split(hidden, -1)
+                rz, rr, rh = r[d].split(hidden, 0)
+                bz, br, bh = rb.split(hidden)
+                zg = f(_clip(t, xz + t.matmul(h, rz.T) + bz, a))
+                rg = f(_clip(t, xr + t.matmul(h, rr.T) + br, a))
+                if a.get("linear_before_reset", 0):
+                    cand = g(_clip(t, xh + rg * (t.matmul(h, rh.T) + bh), a))
+                else:
+                    cand = g(_clip(t, xh + t.matmul(rg * h, rh.T) + bh, a))
+                h = (1 - zg) * cand + zg * h
+            else:
+                h = acts[d][0](_clip(t, xw[step] + t.matmul(h, r[d].T) + rb, a))
+            out[step] = h
+        ys.append(t.stack(out, 0))
+        finals[0].append(h)
+        if c is not None:
+            finals[1].append(c)
+    return _recurrent_out(t, ys, [t.stack(f, 0) for f in finals], layout)
+
+
 # --- pooling -------------------------------------------------------------------------------------------
 @op("MaxPool", "AveragePool")
 def _pool(t, x, a, n):
@@ -495,10 +595,20 @@ def _pad(t, x, a, n):
     if mode == "constant":
         return _pad_for(t, x[0], pads, value)
     k = len(pads) // 2
+    padded = [i for i in range(k) if pads[i] or pads[i + k]]
+    if not padded:
+        return x[0]
+    first = padded[0]
+    if k - first > 3:
+        raise OnnxPruneError(f"torch evaluation: Pad mode {mode} over more than 3 trailing axes")
     flat = []
-    for i in reversed(range(2, k)):
+    for i in reversed(range(first, k)):
         flat += [pads[i], pads[i + k]]
-    return t.nn.functional.pad(x[0], flat, mode={"reflect": "reflect", "edge": "replicate"}[mode])
+    # torch pads the trailing axes of a (batch, channel, ...) tensor: the axes in front become the channels
+    lead = tuple(x[0].shape[:first])
+    y = x[0].reshape(1, math.prod(lead), *x[0].shape[first:])
+    y = t.nn.functional.pad(y, flat, mode={"reflect": "reflect", "edge": "replicate"}[mode])
+    return y.reshape(*lead, *y.shape[2:])
 
 
 @op("Resize")
@@ -524,7 +634,7 @@ def _resize(t, x, a, n):
 def _cos(t, x, a, n):
     val = a.get("value")
     arr = onnx.numpy_helper.to_array(val) if val is not None else np.zeros(1, np.float32)
-    return t.full(_ints(x[0]), float(arr.reshape(-1)[0]), dtype=t.from_numpy(arr).dtype)
+    return t.full(_ints(x[0]), float(arr.reshape(-1)[0]), dtype=t.from_numpy(np.array(arr)).dtype)  # a writable copy
 
 
 @op("Range")

@@ -33,6 +33,9 @@ TRAINABLE = {
     "LayerNormalization": (1, 2),
     "InstanceNormalization": (1, 2),
     "PRelu": (1,),
+    "LSTM": (1, 2, 3, 7),  # W, R, B and the peepholes
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
 }
 
 
