@@ -38,6 +38,11 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
         return int(np.prod(out)) * int(k)
     if op in ("MatMul", "MatMulInteger", "QLinearMatMul") and out is not None and sh(0) is not None:
         return int(np.prod(out)) * int(sh(0)[-1])
+    if op in ("LSTM", "GRU", "RNN") and sh(0) is not None and sh(1) is not None and sh(2) is not None:
+        # every step: the gates' input and recurrent products, for each direction and sequence
+        steps_by_batch = int(np.prod(sh(0)[:-1]))
+        dirs, gates_hidden, inputs = sh(1)
+        return steps_by_batch * dirs * gates_hidden * (inputs + sh(2)[-1])
     return 0
 
 

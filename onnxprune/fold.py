@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from .protosize import skeleton
 
@@ -35,6 +35,9 @@ NOT_FOLDABLE = {
     "Optional",
     "OptionalGetElement",
     "Constant",
+    # a quantized weight stays as the export has it: folded, the rewrite would write it back dequantized
+    # (float32, 4x the bytes) and out of the QDQ pattern runtimes fuse into integer kernels
+    "DequantizeLinear",
 }
 MAX_ELEMENTS = 4096
 
@@ -69,13 +72,14 @@ def _fold_round(model: onnx.ModelProto) -> int:
     except Exception:  # shape inference problems are reported by the loader, not here
         return 0
     g = model.graph
+    opsets = {imp.domain or "": imp.version for imp in model.opset_import}
     consts = {t.name: t for t in g.initializer}
     values: dict[str, np.ndarray] = {}
     outputs = {o.name for o in g.output}
     keep, folded = [], []
     for node in g.node:
         foldable = node.domain in ("", "ai.onnx") and node.op_type not in NOT_FOLDABLE
-        val = _fold(node, shapes, consts, values) if foldable else None
+        val = _fold(node, shapes, consts, values, opsets) if foldable else None
         if val is not None and node.output[0] not in outputs and len(node.output) == 1:
             values[node.output[0]] = val
             folded.append(node.output[0])
@@ -105,7 +109,7 @@ def _value(name, consts, values):
     return arr
 
 
-def _fold(node, shapes, consts, values):
+def _fold(node, shapes, consts, values, opsets):
     if node.op_type == "Shape":
         dims = shapes.get(node.input[0])
         if dims is None:
@@ -127,13 +131,26 @@ def _fold(node, shapes, consts, values):
             return _partial_shape(node, shapes, consts, values)
         args.append(v)
     try:
-        from onnx.reference import ReferenceEvaluator
-
-        out = ReferenceEvaluator(node).run(None, {i: a for i, a in zip(node.input, args) if i})[0]
+        out = _evaluate(node, args, opsets)
     except Exception:
         return None
     out = np.asarray(out)
     return out if out.size <= MAX_ELEMENTS else None
+
+
+def _evaluate(node, args, opsets):
+    """``node``'s first output on constant ``args`` by onnx's reference evaluator at the model's opsets: a
+    NodeProto alone is run at the newest opset, where a legacy export's Unsqueeze (axes an attribute
+    before opset 13) fails, and the channel count it carries into a Reshape target stayed computed."""
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {i: np.asarray(a) for i, a in zip(node.input, args) if i}
+    inputs = [
+        helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for i, a in feeds.items()
+    ]
+    outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    return ReferenceEvaluator(graph, opsets=opsets).run(None, feeds)[0]
 
 
 def _partial_shape(node, shapes, consts, values):

@@ -202,3 +202,66 @@ def test_a_state_input_carrying_the_batch_on_another_axis_gets_the_same_batch_wh
     b.output(b.op("Concat", [b.conv(b.x, 4, 4), b.conv(b.x, 4, 4)], axis=1))
     b.output(b.op("Concat", [flat, state], axis=1))
     _prune_and_check(b.model(), shapes=["x:1x4x8x8", "s:2x1x8"])
+
+
+def _crnn(op: str = "LSTM"):
+    """A CRNN recogniser's neck: conv features (N, C, H, W) turned into a sequence (W, N, C*H) that a
+    bidirectional recurrent layer reads."""
+    b = G(shape=(1, 3, 4, 10))
+    feats = b.conv(b.op("Relu", [b.conv(b.x, 3, 6)]), 6, 5, name="feats")
+    seq = b.op("Reshape", [b.op("Transpose", [feats], perm=[3, 0, 1, 2]), b.const(np.array([10, 1, 20], np.int64))])
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    w = b.const((0.3 * b.rng.standard_normal((2, gates * 7, 20))).astype(np.float32))
+    r = b.const((0.3 * b.rng.standard_normal((2, gates * 7, 7))).astype(np.float32))
+    bias = b.const((0.3 * b.rng.standard_normal((2, 2 * gates * 7))).astype(np.float32))
+    outs = b.op(op, [seq, w, r, bias], n_out=2, direction="bidirectional", hidden_size=7)
+    b.output(outs[0])
+    return b.model()
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_a_recurrent_layer_reading_conv_features_prunes_them_and_wrong_rewrites_are_refused(op, monkeypatch):
+    from helpers import refuses_wrong_rewrites
+
+    model = _crnn(op)
+    rep = onnxprune.analyze(model)
+    feats = next(g for g in rep.groups if "feats" in g.sources)
+    assert feats.prunable, feats.reason
+    lstm = next(n for n in model.graph.node if n.op_type == op)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    assert rep.counts.per_node[lstm.name] == 10 * 2 * gates * 7 * (20 + 7)  # steps x dirs x gates x (in + hidden)
+    plan = onnxprune.PruningPlan({feats.id: [1, 3]})
+    pruned, r = onnxprune.prune(model, plan=plan)
+    assert r.verification["passed"]
+    weight = next(n for n in pruned.graph.node if n.op_type == op).input[1]
+    w = next(t for t in pruned.graph.initializer if t.name == weight)
+    assert list(w.dims) == [2, gates * 7, 12]  # 3 of 5 channels x height 4
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 10)).astype(np.float32)
+    assert outputs(pruned, {"x": x})[0].shape == outputs(model, {"x": x})[0].shape
+    assert {"shift", "drop"} <= set(refuses_wrong_rewrites(monkeypatch, rep.graph, rep.analysis, plan))
+
+
+def test_a_legacy_export_computing_the_sequence_shape_from_shape_folds_its_static_channel_count():
+    """PyTorch 1.9 at opset 12 writes ``x.reshape(w, b, c * h)`` with a dynamic width as
+    Concat(Unsqueeze(Gather(Shape)), Unsqueeze(Mul(Gather(Shape), Gather(Shape)))), Unsqueeze's axes an
+    attribute: the static c * h must fold to a constant the rewrite can edit (evaluated at the model's
+    opset, not the newest, where that Unsqueeze fails), or the features freeze (ddddocr's common.onnx)."""
+    b = G(shape=(1, 3, 4, "W"), opset=12)
+    feats = b.conv(b.op("Relu", [b.conv(b.x, 3, 6)]), 6, 5, name="feats")
+    t = b.op("Transpose", [feats], perm=[3, 0, 1, 2])  # (W, N, C, H)
+    shape = b.op("Shape", [t])
+
+    def dim(k):
+        return b.op("Gather", [shape, b.const(np.array(k, np.int64))], axis=0)
+
+    pieces = [b.op("Unsqueeze", [v], axes=[0]) for v in (dim(0), dim(1), b.op("Mul", [dim(2), dim(3)]))]
+    seq = b.op("Reshape", [t, b.op("Concat", pieces, axis=0)])
+    w = b.const((0.3 * b.rng.standard_normal((2, 28, 20))).astype(np.float32))
+    r = b.const((0.3 * b.rng.standard_normal((2, 28, 7))).astype(np.float32))
+    b.output(b.op("LSTM", [seq, w, r], n_out=2, direction="bidirectional", hidden_size=7)[0])
+    model = b.model()
+    rep = onnxprune.analyze(model, ["x:1x3x4x10"])
+    assert all(g.prunable for g in rep.groups), [g.reason for g in rep.groups]
+    pruned, r = _prune_and_check(model, shapes=["x:1x3x4x10"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 13)).astype(np.float32)  # another width
+    assert outputs(pruned, {"x": x})[0].shape == outputs(model, {"x": x})[0].shape

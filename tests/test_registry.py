@@ -87,6 +87,18 @@ def subgraph_scan(b, t):
     return b.op("Scan", [t], body=body, num_scan_inputs=1)
 
 
+def recurrent(op):
+    """Channels as the features of a sequence (W, N, H x C) read by a bidirectional recurrent layer."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+
+    def recipe(b, t):
+        seq = b.op("Reshape", [b.op("Transpose", [t], perm=[3, 0, 2, 1]), b.ints([6, 1, 48])])
+        w, r = (b.const(0.3 * np.random.rand(2, gates * 5, k).astype(np.float32)) for k in (48, 5))
+        return b.op(op, [seq, w, r], n_out=2, direction="bidirectional", hidden_size=5)[0]
+
+    return recipe
+
+
 def roi(op):
     return lambda b, t: b.op(op, [t, b.const(np.array([[0, 0, 0, 3, 3]], dtype=np.float32))], pooled_shape=[2, 2])
 
@@ -254,6 +266,7 @@ RECIPES = {
         "pass",
         lambda b, t: b.op("Einsum", [t, b.const(np.random.rand(8, 5).astype(np.float32))], equation="nchw,cd->ndhw"),
     ),
+    **{op: ("pass", recurrent(op)) for op in ("LSTM", "GRU", "RNN")},
     "If": ("freeze", subgraph_if),
     "Loop": ("freeze", subgraph_loop),
     "Scan": ("freeze", subgraph_scan),

@@ -1,3 +1,3 @@
 """Importing this package registers every rule (one module per op family)."""
 
-from . import concat_split, control, conv, einsum, elementwise, layout, linear, norm, spatial  # noqa: F401
+from . import concat_split, control, conv, einsum, elementwise, layout, linear, norm, recurrent, spatial  # noqa: F401
