@@ -1,5 +1,6 @@
 """The linear layers that recovery refits and the obs criterion scores: Conv (1-D or 2-D, any group), Gemm
-and MatMul with a constant weight.
+and MatMul with a constant weight, and the input product ``X W^T + Wb`` of an LSTM/GRU/RNN (every gate of
+every direction: its outputs are ``directions x gates x hidden`` columns, computed, never a tensor).
 
 Every layer is seen as G independent matrices ``(G, K, Og)`` -- G the Conv groups (1 for dense layers), K
 the inputs one output reads (Cg x kh x kw for a Conv), Og the outputs per group -- so least squares,
@@ -21,6 +22,7 @@ from .groups.rules._util import attr
 from .pads import node_pads
 
 LINEAR = ("Conv", "Gemm", "MatMul")
+RECURRENT = ("LSTM", "GRU", "RNN")
 
 
 @dataclass
@@ -50,6 +52,8 @@ def weight_uses(model: onnx.ModelProto) -> dict[str, int]:
 
 def as_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[Layer | None, str]:
     """The layer view of ``node``, or None and why it cannot be refitted."""
+    if node.op_type in RECURRENT:
+        return _recurrent_layer(node, inits, uses)
     if node.op_type not in LINEAR:
         return None, "not a linear layer"
     if len(node.input) < 2 or node.input[1] not in inits:
@@ -86,8 +90,24 @@ def as_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[L
     return Layer(node.name, "MatMul", node.input[1], None, 1), ""
 
 
+def _recurrent_layer(node: onnx.NodeProto, inits: dict, uses: dict[str, int]) -> tuple[Layer | None, str]:
+    w = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or w.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return None, "input weight is not a float constant"
+    if uses.get(node.input[1], 0) > 1:
+        return None, "weight is shared with another node"
+    if int(attr(node, "layout", 0)):
+        return None, "batch-first layout"
+    bias = node.input[3] if len(node.input) > 3 and node.input[3] else None
+    if bias is not None and (bias not in inits or uses.get(bias, 0) > 1):
+        return None, "bias is not a constant of its own"
+    return Layer(node.name, node.op_type, node.input[1], bias, 1), ""
+
+
 def to_mats(layer: Layer, w: np.ndarray) -> np.ndarray:
     """Weight -> (G, K, Og) effective matrices (Gemm's alpha folded in)."""
+    if layer.op_type in RECURRENT:  # (directions, gates x hidden, K) -> K x (directions x gates x hidden)
+        return w.transpose(2, 0, 1).reshape(w.shape[2], -1)[None]
     if layer.op_type == "Conv":
         o = w.shape[0]
         g = layer.groups
@@ -97,6 +117,8 @@ def to_mats(layer: Layer, w: np.ndarray) -> np.ndarray:
 
 
 def from_mats(layer: Layer, mats: np.ndarray, shape) -> np.ndarray:
+    if layer.op_type in RECURRENT:
+        return mats[0].reshape(shape[2], shape[0], shape[1]).transpose(1, 2, 0)
     if layer.op_type == "Conv":
         return mats.transpose(0, 2, 1).reshape(shape)
     m = mats[0] / layer.alpha
@@ -107,8 +129,16 @@ def bias_vector(layer: Layer, inits: dict, out_channels: int) -> np.ndarray:
     """Effective per-output bias (zeros when the layer has none)."""
     if layer.bias is None:
         return np.zeros(out_channels)
-    b = numpy_helper.to_array(inits[layer.bias]).astype(np.float64).reshape(-1)
-    return np.broadcast_to(b * layer.beta, (out_channels,)).copy()
+    return effective_bias(layer, numpy_helper.to_array(inits[layer.bias]), out_channels)
+
+
+def effective_bias(layer: Layer, b: np.ndarray, out_channels: int) -> np.ndarray:
+    """The per-output bias a bias array adds: a recurrent layer's input half ``Wb`` of B (directions,
+    2 x gates x hidden); the recurrent half ``Rb`` stays where it is."""
+    b = np.asarray(b, np.float64)
+    if layer.op_type in RECURRENT:
+        return b[:, : b.shape[1] // 2].reshape(-1).copy()
+    return np.broadcast_to(b.reshape(-1) * layer.beta, (out_channels,)).copy()
 
 
 def set_weight(layer: Layer, model: onnx.ModelProto, inits: dict, w: np.ndarray, b: np.ndarray | None) -> None:
@@ -120,6 +150,8 @@ def set_weight(layer: Layer, model: onnx.ModelProto, inits: dict, w: np.ndarray,
         return
     if layer.op_type == "MatMul":
         raise ValueError("MatMul has no bias input")
+    if layer.op_type in RECURRENT:
+        b = _recurrent_bias(layer, inits, w.shape, b)
     if layer.bias is None:
         node = next(n for n in model.graph.node if n.name == layer.node)
         names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
@@ -130,13 +162,24 @@ def set_weight(layer: Layer, model: onnx.ModelProto, inits: dict, w: np.ndarray,
         t = model.graph.initializer.add()
         t.CopyFrom(numpy_helper.from_array((b / layer.beta).astype(dtype), name))
         inits[name] = t
-        while len(node.input) < 3:
+        slot = 3 if layer.op_type in RECURRENT else 2
+        while len(node.input) <= slot:
             node.input.append("")
-        node.input[2] = name
+        node.input[slot] = name
         layer.bias = name
         return
     shape = tuple(inits[layer.bias].dims)
     inits[layer.bias].CopyFrom(numpy_helper.from_array((b / layer.beta).reshape(shape).astype(dtype), layer.bias))
+
+
+def _recurrent_bias(layer: Layer, inits: dict, w_shape, b: np.ndarray) -> np.ndarray:
+    """The whole B (directions, 2 x gates x hidden) with its input half set to ``b``."""
+    dirs, gates_hidden = w_shape[0], w_shape[1]
+    full = np.zeros((dirs, 2 * gates_hidden))
+    if layer.bias is not None:
+        full[:] = numpy_helper.to_array(inits[layer.bias])
+    full[:, :gates_hidden] = np.asarray(b).reshape(dirs, gates_hidden)
+    return full
 
 
 def positions(layer: Layer, out_shape: tuple[int, ...], m: int, rng: np.random.Generator) -> np.ndarray:

@@ -199,3 +199,37 @@ def test_thinet_samples_a_1d_conv_at_the_windows_it_reads():
     rng.integers(0, 1, 64)  # the height: 0
     v = rng.integers(0, y.shape[2], 64)
     np.testing.assert_allclose(contrib.sum(1) + g.consts[node.input[2]][o], y[n, o, v], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_a_recurrent_layer_is_refitted_exactly_from_its_input_product(op):
+    """A CRNN neck: conv A's channels 4 and 5 are combinations of 0-3 and the recurrent layer reads them
+    as features. Its gates' input product X W^T + Wb is linear, so once they are removed it can be
+    refitted to the original's product exactly, and the whole recurrence then follows."""
+    b = G(shape=(2, 4, 3, 9), seed=1)
+    rng = np.random.default_rng(5)
+    wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
+    wa[5] = wa[1] + 0.25 * wa[3]
+    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1, 1])
+    b.nodes[-1].name = "A"
+    seq = b.op("Reshape", [b.op("Transpose", [a], perm=[3, 0, 1, 2]), b.const(np.array([9, 2, 18], np.int64))])
+    gates = {"LSTM": 4, "GRU": 3}[op]
+    w = b.const((0.3 * rng.standard_normal((2, gates * 5, 18))).astype(np.float32))
+    r = b.const((0.3 * rng.standard_normal((2, gates * 5, 5))).astype(np.float32))
+    b.output(b.op(op, [seq, w, r], n_out=2, direction="bidirectional", hidden_size=5)[0])
+    b.nodes[-1].name = "R"
+    m = b.model()
+    gid = next(grp.id for grp in onnxprune.analyze(m).groups if "A" in grp.sources)
+    plan = onnxprune.PruningPlan({gid: [4, 5]})
+    data = [{"x": np.random.default_rng(k).standard_normal((2, 4, 3, 9)).astype(np.float32)} for k in range(8)]
+    plain, _ = onnxprune.prune(m, plan=plan)
+    fitted, rep = onnxprune.prune(
+        m, plan=plan, data=data, recalibrate=True, recovery=onnxprune.RecoveryOptions(ridge=0.0)
+    )
+    assert rep.recovery["reconstructed"] == ["R"] and "recalibration" in rep.recovery["skipped"]["R"]
+    feeds = {"x": np.random.default_rng(9).standard_normal((2, 4, 3, 9)).astype(np.float32)}
+    ref = outputs(m, feeds)[0]
+    assert np.abs(outputs(plain, feeds)[0] - ref).max() > 0.05
+    np.testing.assert_allclose(outputs(fitted, feeds)[0], ref, rtol=1e-3, atol=1e-3)
+    assert len(fitted.graph.node[-1].input) >= 4 and fitted.graph.node[-1].input[3]  # the refit's bias

@@ -341,3 +341,15 @@ def test_cli_recovery_flags_and_finetune(trained_models, tmp_path):
     r = _cli("finetune", out, "--teacher", path, "--calib", CALIB, "-o", str(tmp_path / "x.onnx"), "--device", "cuda:7")
     if r.returncode != 0:
         assert len(r.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "x.onnx")
+
+
+def test_the_report_names_a_weighted_layer_that_lost_inputs_and_was_not_refitted():
+    b = G(shape=(1, 4, 6, 6))
+    a = b.conv(b.x, 4, 6, name="A")
+    w = b.const(b.rng.standard_normal((6, 3, 2, 2)).astype(np.float32))
+    b.output(b.op("ConvTranspose", [b.op("Relu", [a]), w], kernel_shape=[2, 2], strides=[2, 2]))
+    b.nodes[-1].name = "up"
+    m = b.model()
+    data = [{"x": np.random.default_rng(k).standard_normal((1, 4, 6, 6)).astype(np.float32)} for k in range(4)]
+    _, rep = onnxprune.prune(m, plan=_plan_removing(m, "A", [1, 2]), data=data)
+    assert rep.recovery["reconstructed"] == [] and "least-squares" in rep.recovery["skipped"]["up"]

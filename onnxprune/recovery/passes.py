@@ -16,11 +16,17 @@ import onnx
 from ..data import batch_rows, batches
 from ..errors import OnnxPruneError
 from ..groups import Analysis
-from ..linear import Layer, as_layer, weight_uses
+from ..linear import LINEAR, RECURRENT, Layer, as_layer, weight_uses
 from ..load import Graph
 from ..plan import Keep, PruningPlan
 from ..runtime import session_with_outputs
 from .propagate import ChannelSums
+
+#: consumers whose data input carries its channels on axis 1 (the others: on the last axis)
+CHANNELS_FIRST = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization")
+
+#: other ops with weights that can lose inputs: the report names them among the layers left as they are
+WEIGHTED = ("ConvTranspose", "Einsum")
 
 #: bytes of intermediate tensors one batch may hold when many are read from the original at once
 BATCH_BUDGET = 1 << 30
@@ -66,7 +72,7 @@ class Recovery:
         labels = self.analysis.expected.get(node.input[0])
         if labels is None:
             return None
-        axis = 1 if node.op_type in ("Conv", "BatchNormalization") else labels.ndim - 1
+        axis = 1 if node.op_type in CHANNELS_FIRST else labels.ndim - 1
         if labels.shape[axis] == 1:
             return None
         kept = self.keep.kept_along(labels, axis)
@@ -86,8 +92,11 @@ class Recovery:
         for name in names:
             layer, why = as_layer(self.nodes[name], self.inits, uses)
             if layer is None:
-                if self.nodes[name].op_type in ("Conv", "Gemm", "MatMul"):
+                op = self.nodes[name].op_type
+                if op in LINEAR or op in RECURRENT:
                     self.skipped[name] = why
+                elif op in WEIGHTED:
+                    self.skipped[name] = f"{op}: no least-squares refit for this op"
                 continue
             out.append(layer)
         return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from ..linear import Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
+from ..linear import RECURRENT, Layer, bias_vector, from_mats, set_weight, to_mats, weight_uses
 from .passes import Recovery, downstream
 from .propagate import ChannelSums, Propagation
 
@@ -59,6 +59,8 @@ def targets(rec: Recovery) -> tuple[dict[str, Layer], list[str]]:
     for lay in rec.layers(hot):
         if lay.op_type == "MatMul":
             rec.skipped[lay.node] = "recalibration: MatMul (no bias input)"
+        elif lay.op_type in RECURRENT:
+            rec.skipped.setdefault(lay.node, f"recalibration: {lay.op_type} (its outputs are not its refitted product)")
         else:
             layers[lay.node] = lay
     return layers, bns

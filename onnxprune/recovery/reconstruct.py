@@ -19,12 +19,26 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..groups.rules._util import attr
-from ..linear import Layer, as_layer, bias_vector, from_mats, outputs_at, patches, positions, set_weight, to_mats
+from ..linear import (
+    RECURRENT,
+    Layer,
+    as_layer,
+    bias_vector,
+    effective_bias,
+    from_mats,
+    outputs_at,
+    patches,
+    positions,
+    set_weight,
+    to_mats,
+)
 from .blas import threads_for
 from .passes import Recovery, stream
 
 
 def _out_channels(layer: Layer, w: np.ndarray) -> int:
+    if layer.op_type in RECURRENT:  # every gate of every direction
+        return w.shape[0] * w.shape[1]
     if layer.op_type == "Conv":
         return w.shape[0]
     return w.shape[0] if layer.trans_b else w.shape[1]
@@ -51,8 +65,9 @@ class TargetSampler:
         self.maps: dict[str, np.ndarray] = {}
         self._orig: dict[str, Layer] = {}
         self.reads = dict(self.outs)  # the tensor each layer's targets are taken from
-        orig_inits = {t.name: t for t in rec.original.model.graph.initializer} if via_inputs else {}
-        for lay in layers if via_inputs else []:
+        orig_inits = {t.name: t for t in rec.original.model.graph.initializer}
+        # a recurrent layer's targets are always computed from its inputs (``_input_map``)
+        for lay in layers if via_inputs else [lay for lay in layers if lay.op_type in RECURRENT]:
             found = _input_map(rec, lay, orig_inits)
             if found is not None:
                 self._orig[lay.node], self.maps[lay.node] = found
@@ -160,12 +175,15 @@ def _input_map(rec: Recovery, lay: Layer, orig_inits: dict) -> tuple[Layer, np.n
     if orig.op_type == "Conv" and (w0.shape[2:] != (1, 1) or any(attr(node, "pads", [0, 0, 0, 0]))):
         return None
     mats = to_mats(orig, w0)[0]  # K x O
-    kept = rec.kept(node.output[0], lay.channel_axis, mats.shape[1])
-    if mats.shape[0] + 1 >= len(kept):
-        return None
+    if orig.op_type in RECURRENT:  # its product X W^T + Wb is no tensor: the targets can only be computed
+        kept = np.arange(mats.shape[1])
+    else:
+        kept = rec.kept(node.output[0], lay.channel_axis, mats.shape[1])
+        if mats.shape[0] + 1 >= len(kept):
+            return None
     bias = np.zeros(mats.shape[1])
     if orig.bias is not None:
-        bias = np.broadcast_to(rec.original.consts[orig.bias].astype(np.float64).reshape(-1) * orig.beta, bias.shape)
+        bias = effective_bias(orig, rec.original.consts[orig.bias], mats.shape[1])
     return orig, np.concatenate([mats[:, kept], bias[None, kept]])
 
 
