@@ -201,11 +201,7 @@ def test_thinet_samples_a_1d_conv_at_the_windows_it_reads():
     np.testing.assert_allclose(contrib.sum(1) + g.consts[node.input[2]][o], y[n, o, v], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("op", ["LSTM", "GRU"])
-def test_a_recurrent_layer_is_refitted_exactly_from_its_input_product(op):
-    """A CRNN neck: conv A's channels 4 and 5 are combinations of 0-3 and the recurrent layer reads them
-    as features. Its gates' input product X W^T + Wb is linear, so once they are removed it can be
-    refitted to the original's product exactly, and the whole recurrence then follows."""
+def _time_major_model(op):
     b = G(shape=(2, 4, 3, 9), seed=1)
     rng = np.random.default_rng(5)
     wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
@@ -219,7 +215,37 @@ def test_a_recurrent_layer_is_refitted_exactly_from_its_input_product(op):
     r = b.const((0.3 * rng.standard_normal((2, gates * 5, 5))).astype(np.float32))
     b.output(b.op(op, [seq, w, r], n_out=2, direction="bidirectional", hidden_size=5)[0])
     b.nodes[-1].name = "R"
-    m = b.model()
+    return b.model()
+
+
+def test_a_time_major_input_is_sampled_over_every_step_of_every_sequence():
+    """The LSTM input (sequence, batch, features) has 9 x 2 rows per batch of 2 images: sampled as if
+    its first axis were the batch, 2 rows a batch (the first steps) were all the refit saw."""
+    from onnxprune.recovery import Recovery
+    from onnxprune.recovery.reconstruct import refittable, sample_targets
+
+    m = _time_major_model("LSTM")
+    rep = onnxprune.analyze(m)
+    gid = next(grp.id for grp in rep.groups if "A" in grp.sources)
+    plan = onnxprune.PruningPlan({gid: [4, 5]})
+    pruned, _ = onnxprune.prune(m, plan=plan)
+    batches = [
+        ({"x": np.random.default_rng(k).standard_normal((2, 4, 3, 9)).astype(np.float32)}, None) for k in range(3)
+    ]
+    rec = Recovery(rep.graph, rep.analysis, plan, pruned)
+    layers = refittable(rec)
+    assert [lay.node for lay in layers] == ["R"]
+    pos, targets = sample_targets(rec, layers, batches, samples=8192, seed=0)
+    assert [sorted(p.tolist()) for p in pos["R"]] == [list(range(18))] * 3
+    assert all(t.shape == (18, 19) for t in targets["R"])  # original rows with a column of ones (the map)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_a_recurrent_layer_is_refitted_exactly_from_its_input_product(op):
+    """A CRNN neck: conv A's channels 4 and 5 are combinations of 0-3 and the recurrent layer reads them
+    as features. Its gates' input product X W^T + Wb is linear, so once they are removed it can be
+    refitted to the original's product exactly, and the whole recurrence then follows."""
+    m = _time_major_model(op)
     gid = next(grp.id for grp in onnxprune.analyze(m).groups if "A" in grp.sources)
     plan = onnxprune.PruningPlan({gid: [4, 5]})
     data = [{"x": np.random.default_rng(k).standard_normal((2, 4, 3, 9)).astype(np.float32)} for k in range(8)]

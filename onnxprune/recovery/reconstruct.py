@@ -110,6 +110,11 @@ class TargetSampler:
                 continue
             v = np.asarray(arrs[self.reads[lay.node]])
             r0, r1, n = rows or (0, len(v), len(v))
+            if r0 == 0 and r1 == n:
+                # the whole batch: positions span the tensor as it is, whose first axis need not be the
+                # batch's (a CRNN's time-major (sequence, batch, features) LSTM input or head; sampled
+                # as batch rows, one time step of each sequence was all its refit saw)
+                r1 = n = len(v)
             if r0 == 0:
                 out_shape = self._out_shape(lay, v, n)
                 p = positions(lay, out_shape, self.per_batch[lay.node], np.random.default_rng([self.seed, k, b]))
