@@ -189,6 +189,9 @@ def test_a_quantized_model_says_its_integer_layers_are_not_pruned_and_still_coun
     assert not ref.analysis.notes
     rc, _, err = run("prune", q8, "-o", str(tmp_path / "p.onnx"), "--ratio", "0.3")
     assert rc == 0 and "quantized layers are not pruned" in err and not os.path.exists(tmp_path / "p.onnx")
+    rc, _, err = run("prune", q8, "-o", str(tmp_path / "p.onnx"), "--target-macs", "0.5")
+    assert rc == 1 and "no group is prunable (quantized layers are not pruned" in err and len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "p.onnx")
 
 
 def test_a_state_input_carrying_the_batch_on_another_axis_gets_the_same_batch_when_verifying():

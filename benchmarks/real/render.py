@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -242,3 +243,28 @@ def _iou(a, b) -> float:
 
 
 iou = _iou
+
+
+def captcha_text(rng: np.random.Generator, width: int = 160, height: int = 64):
+    """A text captcha: 4-6 Latin letters and digits in one of the Latin fonts, random dark colours and
+    offsets on a light background, 1-3 distractor lines, a slight blur; (BGR image, text)."""
+    alphabet = list(string.ascii_letters + string.digits)
+    text = "".join(rng.choice(alphabet, int(rng.integers(4, 7))))
+    img = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    fonts = latin_fonts()
+    font = _font(str(fonts[int(rng.integers(len(fonts)))]), int(rng.integers(26, 36)))
+    x = int(rng.integers(4, 14))
+    for ch in text:
+        draw.text((x, int(rng.integers(8, 20))), ch, font=font, fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+        x += int(font.getlength(ch)) + int(rng.integers(-1, 3))
+    for _ in range(int(rng.integers(1, 4))):
+        ends = [tuple(int(v) for v in rng.integers(0, (width, height))) for _ in range(2)]
+        draw.line(ends, fill=tuple(int(v) for v in rng.integers(60, 200, 3)), width=1)
+    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 0.6))))
+    return np.ascontiguousarray(np.asarray(img)[..., ::-1]), text
+
+
+def captcha_texts(split: str, n: int):
+    rng = np.random.default_rng(SEEDS[split] + 31)
+    return [captcha_text(rng) for _ in range(n)]

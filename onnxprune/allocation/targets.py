@@ -128,8 +128,11 @@ def plan_for_target(
                 blended.meta["blended"] = {"ratios": [above[2], below[2]], "groups_at_higher_ratio": heavier}
                 below = (blended, bfrac, below[2])
         if below is None:
+            why = "" if any(g.prunable for g in analysis.groups) else "; no group is prunable"
+            why += "".join(f" ({note})" for note in analysis.notes)  # a quantized model's layers make none
             raise OnnxPruneError(
-                f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups (closest: {frac:.3f})"
+                f"cannot reach {keep_fraction:.3f} of the {metric} by pruning the prunable groups "
+                f"(closest: {frac:.3f}){why}"
             )
         plan, frac, knob = below
         if keep_fraction - frac > 0.05:
