@@ -55,6 +55,7 @@ QUANTIZED_OPS = {
     "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
     "QAttention",
+    "DynamicQuantizeLSTM",
     "QuantizeLinear",
     "DequantizeLinear",
     "DynamicQuantizeLinear",
