@@ -23,7 +23,7 @@ from ..runtime import session_with_outputs
 from .propagate import ChannelSums
 
 #: consumers whose data input carries its channels on axis 1 (the others: on the last axis)
-CHANNELS_FIRST = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization")
+CHANNELS_FIRST = ("Conv", "ConvTranspose", "BatchNormalization")
 
 #: other ops with weights that can lose inputs: the report names them among the layers left as they are
 WEIGHTED = ("ConvTranspose", "Einsum")
