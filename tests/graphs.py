@@ -127,3 +127,14 @@ def absorbable() -> onnx.ModelProto:
     a = b.conv(b.x, 3, 4, w=wa, bias=False, name="a")
     b.output(b.conv(a, 4, 5, k=1, name="head"))
     return b.model()
+
+
+def redundant_source(b: G, rng: np.random.Generator, kernel=(1, 1)) -> str:
+    """Conv "A" (4 -> 6 channels, no activation) whose channels 4 and 5 are linear combinations of
+    channels 0-3: without them a consumer can be refitted to the original's outputs exactly."""
+    wa = rng.standard_normal((6, 4, *kernel)).astype(np.float32)
+    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
+    wa[5] = wa[1] + 0.25 * wa[3]
+    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=list(kernel))
+    b.nodes[-1].name = "A"
+    return a

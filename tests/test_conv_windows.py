@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import G
+from graphs import G, redundant_source
 from helpers import outputs
 
 import onnxprune
@@ -98,11 +98,7 @@ def test_a_same_padded_consumer_is_refitted_exactly(mode):
     consumer B can be refitted to the original's outputs exactly, and is (it used to be left out)."""
     b = G(shape=(2, 4, 9, 9), seed=1)
     rng = np.random.default_rng(5)
-    wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
-    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
-    wa[5] = wa[1] + 0.25 * wa[3]
-    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1, 1])
-    b.nodes[-1].name = "A"
+    a = redundant_source(b, rng)
     wb = b.const(rng.standard_normal((5, 6, 2, 2)).astype(np.float32))
     bias = b.const(rng.standard_normal(5).astype(np.float32))
     b.output(b.op("Conv", [a, wb, bias], kernel_shape=[2, 2], auto_pad=mode))
@@ -163,11 +159,7 @@ def test_a_1d_consumer_is_refitted_exactly():
     consumer B (kernel 3, padded) can be refitted to the original's outputs exactly."""
     b = G(shape=(2, 4, 30), seed=1)
     rng = np.random.default_rng(5)
-    wa = rng.standard_normal((6, 4, 1)).astype(np.float32)
-    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
-    wa[5] = wa[1] + 0.25 * wa[3]
-    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1])
-    b.nodes[-1].name = "A"
+    a = redundant_source(b, rng, kernel=(1,))
     wb, bias = b.const(rng.standard_normal((5, 6, 3)).astype(np.float32)), b.const(np.zeros(5, np.float32))
     b.output(b.op("Conv", [a, wb, bias], kernel_shape=[3], pads=[1, 1]))
     b.nodes[-1].name = "B"
@@ -204,11 +196,7 @@ def test_thinet_samples_a_1d_conv_at_the_windows_it_reads():
 def _time_major_model(op):
     b = G(shape=(2, 4, 3, 9), seed=1)
     rng = np.random.default_rng(5)
-    wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
-    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
-    wa[5] = wa[1] + 0.25 * wa[3]
-    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1, 1])
-    b.nodes[-1].name = "A"
+    a = redundant_source(b, rng)
     seq = b.op("Reshape", [b.op("Transpose", [a], perm=[3, 0, 1, 2]), b.const(np.array([9, 2, 18], np.int64))])
     gates = {"LSTM": 4, "GRU": 3}[op]
     w = b.const((0.3 * rng.standard_normal((2, gates * 5, 18))).astype(np.float32))

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from graphs import G
+from graphs import G, redundant_source
 from helpers import outputs
 
 import onnxprune
@@ -35,11 +35,7 @@ def _linear_combination_model():
     consumer can be rewritten exactly without them. Consumer B: 3x3 with padding."""
     b = G(shape=(2, 4, 8, 8), seed=1)
     rng = np.random.default_rng(5)
-    wa = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
-    wa[4] = 0.5 * wa[0] - 1.5 * wa[2]
-    wa[5] = wa[1] + 0.25 * wa[3]
-    a = b.op("Conv", [b.x, b.const(wa)], kernel_shape=[1, 1])
-    b.nodes[-1].name = "A"
+    a = redundant_source(b, rng)
     y = b.conv(a, 6, 5, k=3, name="B")
     b.output(y)
     return b.model()
