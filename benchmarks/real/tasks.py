@@ -298,13 +298,14 @@ def _ddrec_charset() -> list[str]:
 
 
 def ddrec_input(img: np.ndarray) -> np.ndarray:
-    """ddddocr OCREngine._preprocess_image for its own models: height 64 (width kept in proportion),
-    grayscale, / 255, (1, H, W)."""
+    """ddddocr OCREngine._preprocess_image for its own models, with its ImageProcessor: height 64 (width
+    kept in proportion, Lanczos), grayscale, / 255, (1, H, W)."""
+    from ddddocr.preprocessing.image_processor import ImageProcessor
     from PIL import Image
 
-    pil = Image.fromarray(img[..., ::-1])
-    pil = pil.resize((int(pil.size[0] * 64 / pil.size[1]), 64)).convert("L")
-    return (np.asarray(pil, np.float32) / 255.0)[None]
+    pil = Image.fromarray(np.ascontiguousarray(img[..., ::-1]))
+    pil = ImageProcessor.resize_image(pil, (int(pil.size[0] * 64 / pil.size[1]), 64))
+    return (np.asarray(ImageProcessor.convert_to_grayscale(pil), np.float32) / 255.0)[None]
 
 
 def _ddrec_decode(logits: np.ndarray) -> str:
