@@ -343,6 +343,10 @@ def ddrec_calib():
     return ({"input1": ddrec_input(img)[None]} for img, _ in _captcha_texts("calib", 256))
 
 
+def ddrec_distill():
+    return ({"input1": ddrec_input(img)[None]} for img, _ in render.captcha_texts("distill", 2000))
+
+
 # --- validation splits: the same metrics on inputs disjoint from calibration, distillation and test, for
 # choices made from measurements (``onnxprune sensitivity --task benchmarks/real/tasks.py:rec_val``) ------
 def rec_val(predict) -> dict:
