@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from .groups.rules._util import attr
-from .pads import node_pads
+from .pads import conv_geometry_2d
 
 LINEAR = ("Conv", "Gemm", "MatMul")
 RECURRENT = ("LSTM", "GRU", "RNN")
@@ -221,13 +221,8 @@ def patches(
     tensor, or indexing it element by element, cost more than the least squares themselves."""
     if layer.op_type != "Conv":
         return np.asarray(x.reshape(-1, x.shape[-1])[pos], dtype=dtype)[:, None, :]
-    pads = node_pads(node, x.shape[2:], k_shape)
-    strides = list(attr(node, "strides", [1] * len(k_shape)))
-    dilations = list(attr(node, "dilations", [1] * len(k_shape)))
-    if x.ndim == 3:  # 1-D: a 2-D Conv of height 1
-        x, k_shape = x[:, :, None, :], (1, *k_shape)
-        pads, strides, dilations = [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
-    (kh, kw), (sh, sw), (dh, dw) = k_shape, strides, dilations
+    (kh, kw), pads, (sh, sw), (dh, dw) = conv_geometry_2d(node, x.shape[2:], k_shape)
+    x = x if x.ndim == 4 else x[:, :, None, :]  # 1-D: height 1
     if kh == kw == 1 and not any(pads):
         p = x[pos[:, 0], :, pos[:, 1] * sh, pos[:, 2] * sw]  # m x C
         return np.asarray(p, dtype=dtype).reshape(len(pos), layer.groups, -1)

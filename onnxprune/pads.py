@@ -53,3 +53,16 @@ def node_pads(node: onnx.NodeProto, spatial: Sequence[int], kernel: Sequence[int
     """``explicit_pads`` of a Conv or pool node reading input ``spatial`` dims with ``kernel``."""
     a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     return explicit_pads(a.get("auto_pad"), a.get("pads"), spatial, kernel, a.get("strides"), a.get("dilations"))
+
+
+def conv_geometry_2d(node: onnx.NodeProto, spatial: Sequence[int], kernel: Sequence[int]):
+    """((kh, kw), pads [top, left, bottom, right], (sh, sw), (dh, dw)) of a 1-D or 2-D Conv ``node``
+    over input ``spatial`` dims, a 1-D one read as a 2-D one of height 1 (its input then viewed as
+    ``x[:, :, None, :]``): one geometry for every place that gathers a Conv's windows by hand."""
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    pads = explicit_pads(a.get("auto_pad"), a.get("pads"), spatial, kernel, a.get("strides"), a.get("dilations"))
+    strides = list(a.get("strides") or [1] * len(kernel))
+    dilations = list(a.get("dilations") or [1] * len(kernel))
+    if len(kernel) == 1:
+        return (1, kernel[0]), [0, pads[0], 0, pads[1]], (1, strides[0]), (1, dilations[0])
+    return tuple(kernel), pads, tuple(strides), tuple(dilations)

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from .errors import OnnxPruneError
-from .pads import explicit_pads
+from .pads import node_pads
 
 OPS = {}
 
@@ -237,17 +237,11 @@ def _pad_for(t, x, pads, value=0.0):
     return t.nn.functional.pad(x, flat, value=value)
 
 
-def _auto_pads(a, x, kernel):
-    """Explicit pads of a Conv or pool reading ``x`` with ``kernel`` (its spatial dims)."""
-    k = len(kernel)
-    return explicit_pads(a.get("auto_pad"), a.get("pads"), x.shape[-k:], kernel, a.get("strides"), a.get("dilations"))
-
-
 @op("Conv")
 def _conv(t, x, a, n):
     w = x[1]
     k = w.dim() - 2
-    xin = _pad_for(t, x[0], _auto_pads(a, x[0], w.shape[2:]))
+    xin = _pad_for(t, x[0], node_pads(n, x[0].shape[2:], w.shape[2:]))
     f = {1: t.nn.functional.conv1d, 2: t.nn.functional.conv2d, 3: t.nn.functional.conv3d}[k]
     return f(
         xin,
@@ -265,7 +259,7 @@ def _convt(t, x, a, n):
     k = w.dim() - 2
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
         raise OnnxPruneError("torch evaluation: auto_pad SAME_* on ConvTranspose is not supported")
-    pads = explicit_pads(a.get("auto_pad"), a.get("pads"), x[0].shape[2:], w.shape[2:])
+    pads = node_pads(n, x[0].shape[2:], w.shape[2:])
     if pads[:k] != pads[k:]:
         raise OnnxPruneError("torch evaluation: asymmetric ConvTranspose pads")
     f = {1: t.nn.functional.conv_transpose1d, 2: t.nn.functional.conv_transpose2d}[k]
@@ -391,14 +385,14 @@ def _recurrent(t, x, a, n):
         xw = t.matmul(xs, w[d].T) + wb  # every step's input projection at once
         h = states[0][d]
         c = states[1][d] if n.op_type == "LSTM" else None
+        p = x[7][d] if n.op_type == "LSTM" and len(x) > 7 and x[7] is not None else None
+        pi, po, pf = p.split(hidden) if p is not None else (0, 0, 0)  # peepholes
         out = [None] * steps
         for step in range(steps) if direction == "forward" else reversed(range(steps)):
             if n.op_type == "LSTM":
                 f, g, hh = acts[d]
                 z = xw[step] + t.matmul(h, r[d].T) + rb
                 zi, zo, zf, zc = z.split(hidden, -1)
-                p = x[7][d] if len(x) > 7 and x[7] is not None else None
-                pi, po, pf = p.split(hidden) if p is not None else (0, 0, 0)
                 i = f(_clip(t, zi + pi * c, a))
                 fg = f(_clip(t, zf + pf * c, a))
                 c = fg * c + i * g(_clip(t, zc, a))
@@ -430,7 +424,7 @@ def _recurrent(t, x, a, n):
 @op("MaxPool", "AveragePool")
 def _pool(t, x, a, n):
     k = len(a["kernel_shape"])
-    pads = _auto_pads(a, x[0], a["kernel_shape"])
+    pads = node_pads(n, x[0].shape[2:], a["kernel_shape"])
     fill = -math.inf if n.op_type == "MaxPool" else 0.0
     xin = _pad_for(t, x[0], pads, fill)
     F = t.nn.functional

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from ..data import open_data
 from ..errors import OnnxPruneError
 from ..groups.rules._util import attr
-from ..pads import node_pads
+from ..pads import conv_geometry_2d
 from ..plan import Keep
 from ..progress import bar
 from ..runtime import session_with_outputs
@@ -34,9 +34,9 @@ def _consumers(graph, analysis):
     out = []
     for node_name, k, labels in analysis.terminals:
         node = nodes[node_name]
-        if k != 0 or node.op_type not in SUPPORTED or graph.const(node.input[1]) is None:
+        weight = graph.const(node.input[1]) if k == 0 and node.op_type in SUPPORTED else None
+        if weight is None:
             continue
-        weight = graph.const(node.input[1])
         if node.op_type == "Conv" and (int(attr(node, "group", 1)) != 1 or weight.ndim not in (3, 4)):
             continue  # grouped, or a 3-D convolution
         if node.op_type == "Gemm" and int(attr(node, "transA", 0)):
@@ -46,14 +46,10 @@ def _consumers(graph, analysis):
 
 
 def _conv_samples(node, x, w, out_shape, m, rng):
-    pads = node_pads(node, x.shape[2:], w.shape[2:])
-    strides = list(attr(node, "strides", [1] * (w.ndim - 2)))
-    dilations = list(attr(node, "dilations", [1] * (w.ndim - 2)))
-    if w.ndim == 3:  # 1-D: a 2-D Conv of height 1
+    (kh, kw), pads, (sh, sw), (dh, dw) = conv_geometry_2d(node, x.shape[2:], w.shape[2:])
+    if w.ndim == 3:  # 1-D: height 1
         x, w, out_shape = x[:, :, None, :], w[:, :, None, :], (*out_shape[:2], 1, out_shape[2])
-        pads, strides, dilations = [0, pads[0], 0, pads[1]], [1, *strides], [1, *dilations]
     n_img, c = x.shape[:2]
-    (kh, kw), (sh, sw), (dh, dw) = w.shape[2:], strides, dilations
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     n = rng.integers(0, n_img, m)
     o = rng.integers(0, w.shape[0], m)
